@@ -1,0 +1,64 @@
+"""Input checks shared by every estimator: one place that turns bad input into a clear error."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["as_samples", "as_queries", "DegenerateSamplesError"]
+
+
+class DegenerateSamplesError(ValueError):
+    """The samples span less than their ambient dimension (singular covariance)."""
+
+
+def _as_float_tensor(x, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        try:
+            x = torch.as_tensor(x)
+        except Exception as exc:  # pragma: no cover - torch's own message is kept
+            raise TypeError(f"{name} must be a tensor or array-like, got {type(x).__name__}") from exc
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} must have a floating dtype (float32 or float64), got {x.dtype}; "
+            f"convert with {name}.double() or {name}.float()"
+        )
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+    return x
+
+
+def _check_finite(x: Tensor, name: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).any(dim=-1).sum()) if x.dim() > 1 else int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} contains non-finite values (NaN or inf) in {bad} row(s)")
+
+
+def as_samples(samples, *, min_per_dim: bool = True) -> Tensor:
+    """Check a sample set ``(n, d)``: floating dtype, finite, ``n > d``.
+
+    Returns the same tensor (never a copy the caller could confuse with its own).
+    """
+    x = _as_float_tensor(samples, "samples")
+    if x.dim() != 2:
+        raise ValueError(f"samples must have shape (n, d), got shape {tuple(x.shape)}")
+    n, d = x.shape
+    if d < 1:
+        raise ValueError("samples must have at least one coordinate (d >= 1)")
+    if min_per_dim and n <= d:
+        raise ValueError(f"need more samples than dimensions (n > d) to whiten, got n={n}, d={d}")
+    _check_finite(x, "samples")
+    return x
+
+
+def as_queries(x, *, dim: int, dtype: torch.dtype | None = None) -> Tensor:
+    """Check query points ``(..., d)`` against the estimator's dimension and dtype."""
+    x = _as_float_tensor(x, "x")
+    if x.dim() < 1 or x.shape[-1] != dim:
+        raise ValueError(f"query points must have shape (..., {dim}) to match the samples, got {tuple(x.shape)}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(
+            f"query dtype {x.dtype} does not match the samples' dtype {dtype}; convert with x.to({dtype})"
+        )
+    _check_finite(x, "x")
+    return x

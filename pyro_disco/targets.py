@@ -1,0 +1,119 @@
+"""Distributions with exact log-densities and scores: test references and training tasks.
+
+They satisfy the estimator protocol (``dim``, ``logdensity``, ``score``), so anything that
+accepts an estimator accepts the exact answer too.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["GaussianMixture", "ExactDistribution"]
+
+
+class GaussianMixture:
+    r"""A (batch of) Gaussian mixture(s) with exact log-density and score, in any dtype.
+
+    .. math:: p(x) = \sum_k w_k\, \mathcal N(x; \mu_k, \Sigma_k), \qquad
+              \nabla \log p(x) = -\sum_k r_k(x)\, \Sigma_k^{-1}(x - \mu_k)
+
+    Args:
+        weights: ``(*B, k)`` non-negative mixture weights (normalised here).
+        means: ``(*B, k, d)``.
+        covariances: ``(*B, k, d, d)`` symmetric positive definite.
+
+    Query points are ``(*B, m, d)`` (or ``(m, d)`` when there is no batch); results are
+    ``(*B, m)`` and ``(*B, m, d)``.
+
+    Example:
+        >>> gm = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-2.0], [2.0]]),
+        ...                      torch.ones(2, 1, 1))
+        >>> gm.score(torch.zeros(1, 1))
+        tensor([[0.]])
+    """
+
+    def __init__(self, weights: Tensor, means: Tensor, covariances: Tensor):
+        if means.dim() < 2 or covariances.shape[-2:] != (means.shape[-1],) * 2:
+            raise ValueError("means must be (*B, k, d) and covariances (*B, k, d, d)")
+        self.weights = weights / weights.sum(-1, keepdim=True)
+        self.means = means
+        self.covariances = covariances
+        self.dim = means.shape[-1]
+        self.dtype = means.dtype
+        self._chol = torch.linalg.cholesky(covariances)  # *B k d d
+        self._prec = torch.cholesky_inverse(self._chol)  # *B k d d
+        half_logdet = self._chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # *B k
+        self._log_norm = self.weights.log() - half_logdet - 0.5 * self.dim * math.log(2 * math.pi)
+
+    def _parts(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        diff = x.unsqueeze(-2) - self.means.unsqueeze(-3)  # *B m k d
+        pdiff = torch.einsum("...kij,...mkj->...mki", self._prec, diff)  # *B m k d
+        logc = self._log_norm.unsqueeze(-2) - 0.5 * (diff * pdiff).sum(-1)  # *B m k
+        return logc, pdiff
+
+    def logdensity(self, x: Tensor) -> Tensor:
+        logc, _ = self._parts(x)
+        return torch.logsumexp(logc, dim=-1)
+
+    def score(self, x: Tensor) -> Tensor:
+        return self.logdensity_and_score(x)[1]
+
+    def logdensity_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logc, pdiff = self._parts(x)
+        logp = torch.logsumexp(logc, dim=-1)
+        resp = (logc - logp.unsqueeze(-1)).exp()  # *B m k
+        return logp, -(resp.unsqueeze(-1) * pdiff).sum(-2)
+
+    def sample(self, num_samples: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``(*B, num_samples, d)`` points."""
+        batch = self.weights.shape[:-1]
+        flat_w = self.weights.reshape(-1, self.weights.shape[-1])
+        comp = torch.multinomial(flat_w, num_samples, replacement=True, generator=generator)
+        comp = comp.reshape(*batch, num_samples)  # *B n
+        eps = torch.randn(*batch, num_samples, self.dim, generator=generator, dtype=self.dtype,
+                          device=self.means.device)
+        idx = comp.unsqueeze(-1)
+        mu = torch.gather(self.means, -2, idx.expand(*batch, num_samples, self.dim))
+        chol = torch.gather(
+            self._chol, -3, idx.unsqueeze(-1).expand(*batch, num_samples, self.dim, self.dim)
+        )
+        return mu + (chol @ eps.unsqueeze(-1)).squeeze(-1)
+
+
+class ExactDistribution:
+    """Wrap a ``torch.distributions`` object with event shape ``(d,)`` (or a scalar one when
+    ``d = 1``) as an exact estimator: ``logdensity = log_prob``, ``score`` by autograd.
+
+    Example:
+        >>> from torch.distributions import Laplace, Independent
+        >>> lap = ExactDistribution(Independent(Laplace(torch.zeros(2), torch.ones(2)), 1))
+        >>> lap.score(torch.tensor([[1.0, -1.0]]))
+        tensor([[-1.,  1.]])
+    """
+
+    def __init__(self, distribution: torch.distributions.Distribution):
+        self.distribution = distribution
+        event = distribution.event_shape
+        self._scalar = len(event) == 0
+        self.dim = 1 if self._scalar else int(event[0])
+
+    def logdensity(self, x: Tensor) -> Tensor:
+        return self.distribution.log_prob(x.squeeze(-1) if self._scalar else x)
+
+    def score(self, x: Tensor) -> Tensor:
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.logdensity(xr).sum(), xr)
+        return grad
+
+    def logdensity_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.logdensity(x), self.score(x)
+
+    def sample(self, num_samples: int, *, generator: torch.Generator | None = None) -> Tensor:
+        if generator is not None:
+            raise NotImplementedError("torch.distributions sample from the global RNG; seed with torch.manual_seed")
+        x = self.distribution.sample((num_samples,))
+        return x.unsqueeze(-1) if self._scalar else x
