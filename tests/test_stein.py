@@ -85,7 +85,8 @@ def test_stein_identity_holds_for_exact_scores_and_fails_for_a_wrong_one():
 
 
 def test_stein_identity_for_a_laplace_exact_distribution():
-    lap = ExactDistribution(Laplace(torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64)))
+    loc, scale = torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64)
+    lap = ExactDistribution(Laplace(loc, scale))
     u = torch.rand(20000, 1, generator=_gen(3), dtype=torch.float64) - 0.5
     x = 0.5 - 0.7 * u.sign() * torch.log1p(-2 * u.abs())
     terms = _stein_identity_terms(x, lap.score, lambda z: torch.sin(z) + z / (1 + z**2))
@@ -116,7 +117,8 @@ def test_blocking_permutation_and_u_v_relation():
     n = x.shape[0]
     full = stein_kernel_matrix(x, gm)
     for stat in ("u", "v"):
-        torch.testing.assert_close(ksd(x, gm, statistic=stat, block_size=10), ksd(x, gm, statistic=stat), **EXACT)
+        blocked = ksd(x, gm, statistic=stat, block_size=10)
+        torch.testing.assert_close(blocked, ksd(x, gm, statistic=stat), **EXACT)
     perm = torch.randperm(n, generator=_gen(6))
     torch.testing.assert_close(ksd(x[perm], gm), ksd(x, gm), **EXACT)
     torch.testing.assert_close(ksd(x, gm, statistic="v"), full.mean(), **EXACT)
