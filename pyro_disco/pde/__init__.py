@@ -1,0 +1,32 @@
+"""Score-based particle solvers for Fokker–Planck and Landau equations, with exact solutions.
+
+``solve(problem, particles, times, score=...)`` moves particles with a velocity that contains
+the score of their own density; the problems carry exact solutions (OU / heat from Gaussian
+mixtures, BKW, the Maxwell covariance law) to validate against.
+"""
+
+from pyro_disco.pde import diagnostics
+from pyro_disco.pde.problems import (
+    BKW,
+    FokkerPlanck,
+    GaussianMixtureSolution,
+    Landau,
+    MaxwellRelaxation,
+    landau_velocity,
+    mixture_moments,
+)
+from pyro_disco.pde.solve import STEPPERS, Trajectory, solve
+
+__all__ = [
+    "solve",
+    "Trajectory",
+    "STEPPERS",
+    "FokkerPlanck",
+    "GaussianMixtureSolution",
+    "Landau",
+    "BKW",
+    "MaxwellRelaxation",
+    "landau_velocity",
+    "mixture_moments",
+    "diagnostics",
+]
