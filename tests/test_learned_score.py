@@ -88,7 +88,8 @@ def test_validation_and_bad_input():
     with pytest.raises(ValueError, match="event_shape"):
         ls.log_prob(torch.zeros(3, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"\(\.\.\., 2\)"):
-        LearnedScore(_samples(), estimator="kde", validate_args=False).log_prob(torch.zeros(3, dtype=torch.float64))
+        unchecked = LearnedScore(_samples(), estimator="kde", validate_args=False)
+        unchecked.log_prob(torch.zeros(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="unknown estimator"):
         LearnedScore(_samples(), estimator="nope")
     with pytest.raises(ValueError, match="n > d"):
