@@ -165,19 +165,33 @@ class _ScoreSurrogate(torch.autograd.Function):
         return grad_output.unsqueeze(-1) * score, None
 
 
-def score_factor(name: str, value: Tensor, score) -> Tensor:
-    """Add ``pyro.factor(name, ·)`` whose *gradient* in ``value`` ``(..., d)`` is ``score(value)``.
+def score_factor(name: str, value: Tensor, score, *, base=None) -> Tensor:
+    """Add ``pyro.factor(name, ·)`` whose *gradient* in ``value`` ``(..., d)`` is ``score(value)``
+    (minus the score of ``base``, the distribution the site was sampled from, when given, so that
+    site + factor together have gradient ``score``).
 
     Its value is 0, so it is only correct for gradient-driven inference that never compares
     log-densities: :class:`pyro.infer.SVGD`, MAP/SVI point estimates, :class:`ULA`. Do not use
-    it with NUTS/HMC/MALA (use :class:`~pyro_disco.distributions.LearnedScore` there).
+    it with NUTS/HMC/MALA (use :class:`~pyro_disco.distributions.LearnedScore` there). Pyro's
+    SVGD initialises its particles by sampling the site, so ``base`` should be a reasonable
+    starting cloud (e.g. a unit Normal).
 
     Example:
+        >>> base = pyro.distributions.Normal(torch.zeros(2), 1.0).to_event(1)
         >>> def model():
-        ...     z = pyro.sample("z", pyro.distributions.ImproperUniform(
-        ...         pyro.distributions.constraints.real_vector, (), (2,)))
-        ...     score_factor("z_score", z, lambda x: -x)
+        ...     z = pyro.sample("z", base)
+        ...     score_factor("z_score", z, lambda x: -(x - 3.0), base=base)
     """
-    surrogate = _ScoreSurrogate.apply(value, as_score_fn(score))
+    score_fn = as_score_fn(score)
+    if base is not None:
+        target_fn = score_fn
+
+        def score_fn(x):
+            with torch.enable_grad():
+                xr = x.detach().requires_grad_(True)
+                (base_score,) = torch.autograd.grad(base.log_prob(xr).sum(), xr)
+            return target_fn(x) - base_score
+
+    surrogate = _ScoreSurrogate.apply(value, score_fn)
     pyro.factor(name, surrogate)
     return surrogate
