@@ -70,6 +70,8 @@ class GaussianMixture:
     def sample(self, num_samples: int, *, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``(*B, num_samples, d)`` points."""
         batch = self.weights.shape[:-1]
+        if num_samples == 0:
+            return self.means.new_zeros(*batch, 0, self.dim)
         flat_w = self.weights.reshape(-1, self.weights.shape[-1])
         comp = torch.multinomial(flat_w, num_samples, replacement=True, generator=generator)
         comp = comp.reshape(*batch, num_samples)  # *B n

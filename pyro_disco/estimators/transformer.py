@@ -1,0 +1,146 @@
+r"""The DiScoFormer estimator: samples in, log-density and score at any point out.
+
+``DiScoFormerEstimator(model, samples)`` whitens the samples (float64, see
+:mod:`pyro_disco.estimators.whitening`), encodes them once, and answers any number of query
+batches by cross-attention. Outputs map back through the whitening exactly:
+
+.. math:: \log \hat f(y) = \log \hat f_w(y_w) + \log|\det A|, \qquad
+          \hat s(y) = A\, \hat s_w(y_w).
+
+Reference: DiScoFormer, arXiv:2511.05924.
+
+Example:
+    >>> from pyro_disco.estimators.discoformer import DiScoFormer, DiScoFormerConfig
+    >>> est = DiScoFormerEstimator(DiScoFormer(DiScoFormerConfig(dim=2)), torch.randn(200, 2))
+    >>> est.score(torch.zeros(5, 2)).shape
+    torch.Size([5, 2])
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from pyro_disco._validation import as_samples
+from pyro_disco.estimators.base import SampleEstimator
+from pyro_disco.estimators.discoformer import DiScoFormer
+from pyro_disco.estimators.whitening import fit_whitening
+
+__all__ = ["DiScoFormerEstimator", "consistency_loss"]
+
+
+class DiScoFormerEstimator(SampleEstimator):
+    """Estimator protocol over a (pretrained) :class:`DiScoFormer`.
+
+    Args:
+        model: the network; it is never modified (test-time adaptation works on a copy).
+        samples: ``(n, d)`` float32 or float64, ``n > d``; ``d`` must equal ``model.config.dim``.
+        block_size: rows of attention computed at once (memory ``O(block_size · n)``).
+        query_block: queries answered per forward pass.
+
+    The score at the samples themselves is free (the context tokens' own outputs) and is
+    returned when ``score`` is called with the very ``samples`` tensor.
+    """
+
+    def __init__(self, model: DiScoFormer, samples: Tensor, *, block_size: int = 2048, query_block: int = 8192):
+        x = as_samples(samples)
+        if x.shape[1] != model.config.dim:
+            raise ValueError(
+                f"this DiScoFormer was trained for d={model.config.dim}, but the samples have d={x.shape[1]}; "
+                "use a model for that dimension (pyro_disco.pretrained.available_dims()) or a KDE"
+            )
+        param = next(model.parameters())
+        if param.device != x.device:
+            model = copy.deepcopy(model).to(x.device)
+        self.model = model
+        self.samples, self.dim, self.dtype, self.device = x, x.shape[1], x.dtype, x.device
+        self.num_samples = x.shape[0]
+        self.block_size, self.query_block = block_size, query_block
+        self._net_dtype = param.dtype
+        self.whitening = fit_whitening(x.detach())
+        self._context = self.whitening.apply(x.detach()).to(self._net_dtype).unsqueeze(0)  # 1 n d
+        model.eval()
+        with torch.no_grad():
+            self._encoded = model.encode(self._context, block_size=block_size)
+        self._at_samples: tuple[Tensor, Tensor] | None = None
+
+    def _map_back(self, logf_w: Tensor, score_w: Tensor) -> tuple[Tensor, Tensor]:
+        logf = logf_w.double() + self.whitening.logabsdet
+        return logf.to(self.dtype), self.whitening.score_back(score_w).to(self.dtype)
+
+    def _logdensity_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x is self.samples and not x.requires_grad:
+            return self.at_samples()
+        y = self.whitening.apply(x).to(self._net_dtype).unsqueeze(0)  # 1 m d
+        logs, scores = [], []
+        for yb in y.split(self.query_block, dim=1):
+            lf, sc = self.model.query(self._encoded, yb, block_size=self.block_size)
+            logs.append(lf[0])
+            scores.append(sc[0])
+        return self._map_back(torch.cat(logs), torch.cat(scores))
+
+    def _logdensity(self, x: Tensor) -> Tensor:
+        return self._logdensity_and_score(x)[0]
+
+    def _score(self, x: Tensor) -> Tensor:
+        return self._logdensity_and_score(x)[1]
+
+    def at_samples(self) -> tuple[Tensor, Tensor]:
+        """Log-density ``(n,)`` and score ``(n, d)`` at the samples, from the encoder's own outputs."""
+        if self._at_samples is None:
+            with torch.no_grad():
+                lf, sc = self.model.at_context(self._context, self._encoded)
+            self._at_samples = self._map_back(lf[0], sc[0])
+        return self._at_samples
+
+    def adapt(self, num_steps: int = 4, step_size: float = 1e-4, *, num_queries: int = 512,
+              generator: torch.Generator | None = None) -> DiScoFormerEstimator:
+        r"""Test-time adaptation: a few Adam steps on a *copy* of the weights that lower the
+        label-free consistency loss :math:`\frac1m\sum_i \|s_\theta(x_i) - \nabla_{x_i} \log f_\theta(x_i)\|^2`
+        at (a subset of) the samples, the context held fixed (DiScoFormer §4, TTA).
+
+        Returns a new estimator; this one and the shared pretrained weights are unchanged.
+        The loss at each step is kept in ``adaptation_losses``.
+        """
+        if num_steps < 0:
+            raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+        model = copy.deepcopy(self.model)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.eval()  # no dropout while adapting
+        opt = torch.optim.Adam(model.parameters(), lr=step_size)
+        losses = []
+        n = self._context.shape[1]
+        for _ in range(num_steps):
+            idx = torch.randperm(n, generator=generator)[:num_queries]
+            loss = consistency_loss(model, self._context, self._context[:, idx], block_size=self.block_size)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        for p in model.parameters():
+            p.requires_grad_(False)
+        adapted = DiScoFormerEstimator(model, self.samples, block_size=self.block_size, query_block=self.query_block)
+        adapted.adaptation_losses = losses
+        return adapted
+
+    def consistency(self, num_queries: int = 512) -> float:
+        """The consistency loss of the current weights at (the first ``num_queries``) samples."""
+        with torch.enable_grad():
+            return float(consistency_loss(self.model, self._context, self._context[:, :num_queries],
+                                          block_size=self.block_size).detach())
+
+
+def consistency_loss(model: DiScoFormer, context: Tensor, queries: Tensor, *, block_size: int = 2048) -> Tensor:
+    """Mean squared gap between the score head and the gradient of the log-density head, at
+    whitened ``queries`` ``(B, m, d)`` given whitened ``context`` ``(B, n, d)``."""
+    y = queries.detach().requires_grad_(True)
+    # The fused CPU attention kernel has no double backward; the math kernel does.
+    with sdpa_kernel(SDPBackend.MATH):
+        encoded = model.encode(context, block_size=block_size)
+        logf, score = model.query(encoded, y, block_size=block_size)
+        (grad,) = torch.autograd.grad(logf.sum(), y, create_graph=True)
+    return (score - grad).square().sum(-1).mean()

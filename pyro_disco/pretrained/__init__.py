@@ -1,0 +1,120 @@
+"""Pretrained DiScoFormer weights shipped with the package, and the only place weight files are read.
+
+Weight files hold a plain dict (``config``, ``state_dict``, ``metadata``) saved with
+``torch.save`` and are loaded with ``weights_only=True`` (no unpickling of arbitrary
+objects); every shipped file is checked against the sha256 recorded in this module's
+registry before it is loaded.
+
+Example:
+    >>> from pyro_disco.pretrained import available_dims
+    >>> isinstance(available_dims(), list)
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from pyro_disco.estimators.discoformer import DiScoFormer, DiScoFormerConfig
+
+__all__ = ["available_dims", "available_models", "load_model", "load_weights", "save_weights",
+           "pretrained_estimator", "WEIGHTS_DIR"]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+_REGISTRY_FILE = Path(__file__).resolve().parent / "registry.json"
+
+
+def _registry() -> dict[str, dict]:
+    """Name -> {"file", "sha256", "dim"}; written by ``pyro-disco export``."""
+    if not _REGISTRY_FILE.exists():
+        return {}
+    return json.loads(_REGISTRY_FILE.read_text())
+
+
+def available_models() -> dict[str, int]:
+    """Shipped model names and the dimension each serves."""
+    return {name: int(entry["dim"]) for name, entry in _registry().items()}
+
+
+def available_dims() -> list[int]:
+    """Dimensions for which pretrained weights ship with the package."""
+    return sorted(set(available_models().values()))
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_weights(path: str | Path, sha256: str | None = None) -> DiScoFormer:
+    """Load a DiScoFormer from a weight file written by :func:`save_weights` (or a training
+    ``checkpoint.pt``), without unpickling; verify ``sha256`` when given."""
+    path = Path(path)
+    if sha256 is not None:
+        actual = sha256_file(path)
+        if actual != sha256:
+            raise ValueError(f"sha256 mismatch for {path}: expected {sha256}, got {actual}; the file was modified")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" in state:
+        config, weights = state["config"], state["state_dict"]
+    elif "model" in state and "model_config" in state:  # a training checkpoint
+        config, weights = state["model_config"], state["model"]
+    else:
+        raise ValueError(f"{path} is not a DiScoFormer weight file (no config/state_dict)")
+    model = DiScoFormer(DiScoFormerConfig(**config))
+    model.load_state_dict(weights)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def save_weights(model: DiScoFormer, path: str | Path, metadata: dict | None = None) -> str:
+    """Write ``model`` (config + float32 weights + metadata) and return the file's sha256."""
+    state = {"config": model.config.to_dict(),
+             "state_dict": {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()},
+             "metadata": dict(metadata or {})}
+    torch.save(state, path)
+    return sha256_file(path)
+
+
+@lru_cache(maxsize=8)
+def load_model(name_or_dim: str | int) -> DiScoFormer:
+    """The shipped model with this name, or the default one for this dimension (shared and
+    read-only: never modify it in place; :meth:`DiScoFormerEstimator.adapt` copies it)."""
+    registry = _registry()
+    if isinstance(name_or_dim, int):
+        names = [n for n, e in registry.items() if int(e["dim"]) == name_or_dim]
+        if not names:
+            raise ValueError(
+                f"no pretrained DiScoFormer for d={name_or_dim}; shipped dimensions: {available_dims()}. "
+                "Use estimator='kde' (Gaussian KDE), or train one with `pyro-disco train --dim "
+                f"{name_or_dim} --out RUN` and load it with pyro_disco.pretrained.load_weights"
+            )
+        name = names[0]
+    else:
+        name = name_or_dim
+        if name not in registry:
+            raise ValueError(f"unknown pretrained model {name!r}; available: {sorted(registry)}")
+    entry = registry[name]
+    return load_weights(WEIGHTS_DIR / entry["file"], sha256=entry["sha256"])
+
+
+def pretrained_estimator(samples: Tensor, name: str | None = None, **kwargs):
+    """A :class:`~pyro_disco.estimators.transformer.DiScoFormerEstimator` on ``samples`` with
+    the shipped model for their dimension (or the named one)."""
+    from pyro_disco._validation import as_samples
+    from pyro_disco.estimators.transformer import DiScoFormerEstimator
+
+    x = as_samples(samples)
+    model = load_model(name if name is not None else int(x.shape[1]))
+    return DiScoFormerEstimator(model, x, **kwargs)
