@@ -97,9 +97,9 @@ def main(argv=None) -> None:
                              progress=False)
                 elapsed = time.perf_counter() - start
                 dg = traj.diagnostics
-                cov = f"{float(dg['covariance_error'][-1]):9.4f} {float(dg['covariance_error'][0]):9.4f}"
-                m4 = (f"{float(dg['fourth_moment_error'][-1]):9.4f} {float(dg['fourth_moment_error'][0]):9.4f}"
-                      if "fourth_moment_error" in dg else f"{'-':>9} {'-':>9}")
+                ce, me = dg["covariance_error"], dg.get("fourth_moment_error")
+                cov = f"{float(ce[-1]):9.4f} {float(ce[0]):9.4f}"
+                m4 = f"{float(me[-1]):9.4f} {float(me[0]):9.4f}" if me is not None else f"{'-':>9} {'-':>9}"
                 print(f"{name:<11} {n:>5} {label:<12} {cov} {m4} {elapsed:7.1f}", flush=True)
             if transformer is None:
                 print(f"{name:<11} {n:>5} {'transformer':<12} {why}", flush=True)
