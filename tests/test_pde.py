@@ -98,8 +98,12 @@ def test_landau_velocity_blocks_match_the_pairwise_formula():
         w = torch.where(r2 > 0, r2.clamp_min(1e-300) ** (gamma / 2), torch.zeros_like(r2))
         ref = -(0.7 / 23) * (w * (r2 * ds - (z * ds).sum(-1, keepdim=True) * z)).sum(1)
         for block in (1, 5, 23, 100):
-            got = landau_velocity(v, s, gamma=gamma, B=0.7, block_size=block)
+            got = landau_velocity(v, s, gamma=gamma, B=0.7, block_size=block, algorithm="pairwise")
             assert_close(got, ref, rtol=1e-13, atol=1e-14)  # same sums, different blocking
+    moments = landau_velocity(v, s, B=0.7, algorithm="moments")  # Maxwell: O(n d^2) expansion
+    assert_close(moments, landau_velocity(v, s, B=0.7, algorithm="pairwise"), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="Maxwell"):
+        landau_velocity(v, s, gamma=-3.0, algorithm="moments")
 
 
 def test_coulomb_guard_at_coincident_particles():

@@ -190,25 +190,29 @@ class Landau:
         return cls(-3.0, float(B), float(epsilon))
 
     def velocity(self, particles: Tensor, score_values: Tensor, t: float = 0.0, *,
-                 block_size: int | None = None) -> Tensor:
+                 block_size: int | None = None, algorithm: str = "auto") -> Tensor:
         """The particle velocity, see :func:`landau_velocity`."""
         return landau_velocity(particles, score_values, gamma=self.gamma, B=self.B, epsilon=self.epsilon,
-                               block_size=block_size)
+                               block_size=block_size, algorithm=algorithm)
 
 
 def landau_velocity(particles: Tensor, score_values: Tensor, *, gamma: float = 0.0, B: float = 1.0,
-                    epsilon: float = 0.0, block_size: int | None = None) -> Tensor:
+                    epsilon: float = 0.0, block_size: int | None = None, algorithm: str = "auto") -> Tensor:
     r"""Landau particle velocity, computed in blocks of ``block_size`` particles.
 
     .. math:: u_p = -\frac{B}{n}\sum_q |z|^\gamma\big(|z|^2 \Delta s - (z\cdot\Delta s)\, z\big),
               \quad z = v_p - v_q,\ \Delta s = s_p - s_q
 
-    Memory is ``O(block_size · n · d)``; time ``O(n² d)``. Pairs with ``z = 0`` contribute
-    nothing (for ``q = p``, :math:`\Delta s = 0`); their weight is set to 0, never ``inf``.
+    ``algorithm="pairwise"``: memory ``O(block_size · n · d)``, time ``O(n² d)``; pairs with
+    ``z = 0`` contribute nothing (for ``q = p``, :math:`\Delta s = 0`): their weight is set to 0,
+    never ``inf``. ``"moments"`` (Maxwell only, :math:`\gamma = 0`): the kernel is a quadratic
+    polynomial in ``z``, so the sum over ``q`` reduces to a few moments of ``(v, s)``: time
+    ``O(n d^2)``. ``"auto"`` picks ``"moments"`` when :math:`\gamma = 0`.
 
     Args:
         particles: ``(n, d)`` velocities ``v``.
         score_values: ``(n, d)`` the score at the particles.
+        algorithm: ``"auto"``, ``"pairwise"`` or ``"moments"``.
 
     Returns:
         ``(n, d)``. Sums to zero over particles, and :math:`\sum_p v_p\cdot u_p = 0`, for any score.
@@ -223,6 +227,12 @@ def landau_velocity(particles: Tensor, score_values: Tensor, *, gamma: float = 0
                          f"and {tuple(score_values.shape)}")
     v, s = particles, score_values.to(particles.dtype)
     n, d = v.shape
+    if algorithm not in ("auto", "pairwise", "moments"):
+        raise ValueError(f"algorithm must be 'auto', 'pairwise' or 'moments', got {algorithm!r}")
+    if algorithm == "moments" and gamma != 0:
+        raise ValueError("the moment algorithm is exact only for Maxwell molecules (gamma = 0)")
+    if gamma == 0 and algorithm != "pairwise":
+        return _maxwell_velocity_by_moments(v, s, B)
     b = block_size or max(1, _BLOCK_ELEMENTS // (n * d))
     if b < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")
@@ -241,6 +251,28 @@ def landau_velocity(particles: Tensor, score_values: Tensor, *, gamma: float = 0
             r2, zds = w * r2, w * zds
         out[start : start + b] = -(B / n) * (r2[..., None] * ds - zds[..., None] * z).sum(1)
     return out
+
+
+def _maxwell_velocity_by_moments(v: Tensor, s: Tensor, B: float) -> Tensor:
+    """The gamma = 0 velocity from moments of (v, s): expand |a-b|^2 (σ-τ) - ((a-b)·(σ-τ))(a-b)
+    over b = v_q, τ = s_q, with a = v_p, σ = s_p."""
+    n = v.shape[0]
+    sum_v, sum_s = v.sum(0), s.sum(0)  # d
+    v2 = (v * v).sum(-1)  # n
+    vs = (v * s).sum(-1)  # n
+    sum_v2, sum_vs = v2.sum(), vs.sum()
+    m_sv = s.T @ v  # d d: sum_q s_q v_q^T
+    m_vv = v.T @ v  # d d
+    sum_v2s = v2 @ s  # d: sum_q |v_q|^2 s_q
+    sum_vsv = vs @ v  # d: sum_q (v_q . s_q) v_q
+    # sum_q |z|^2 Δs
+    r2_sum = n * v2 - 2 * v @ sum_v + sum_v2  # n
+    first = s * r2_sum[:, None] - (v2[:, None] * sum_s - 2 * v @ m_sv.T + sum_v2s)
+    # sum_q (z . Δs) z = a sum_q c - sum_q c b
+    c_sum = n * vs - v @ sum_s - s @ sum_v + sum_vs  # n
+    cb_sum = vs[:, None] * sum_v - v @ m_sv - s @ m_vv + sum_vsv  # n d
+    second = v * c_sum[:, None] - cb_sum
+    return -(B / n) * (first - second)
 
 
 class BKW:
