@@ -6,15 +6,8 @@ mixtures, BKW, the Maxwell covariance law) to validate against.
 """
 
 from pyro_disco.pde import diagnostics
-from pyro_disco.pde.problems import (
-    BKW,
-    FokkerPlanck,
-    GaussianMixtureSolution,
-    Landau,
-    MaxwellRelaxation,
-    landau_velocity,
-    mixture_moments,
-)
+from pyro_disco.pde.exact import BKW, GaussianMixtureSolution, MaxwellRelaxation, mixture_moments
+from pyro_disco.pde.problems import FokkerPlanck, Landau, landau_velocity
 from pyro_disco.pde.solve import STEPPERS, Trajectory, solve
 
 __all__ = [
