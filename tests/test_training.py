@@ -90,15 +90,29 @@ def test_short_training_lowers_the_loss(tmp_path):
     assert after < 0.99 * before, (before, after)
 
 
-def test_kill_and_resume_continues_the_same_stream(tmp_path):
+def test_kill_and_resume_continues_the_same_stream(tmp_path, monkeypatch):
+    import importlib
+
+    train_module = importlib.import_module("pyro_disco.training.train")
+
     full, split = tmp_path / "full", tmp_path / "split"
     train(_tiny(full, 12), full, progress=False)
-    train(_tiny(split, 6), split, progress=False)  # "killed" after 6 steps
-    state = torch.load(split / CHECKPOINT, weights_only=True)
-    assert state["step"] == 6
+    calls = {"n": 0}
+    real = train_module.sample_task
+
+    def interrupted(*args, **kwargs):  # Ctrl-C while the 7th training task is drawn
+        calls["n"] += 1
+        if calls["n"] == 2 + 7:  # the first two calls build the validation set
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "sample_task", interrupted)
+    train(_tiny(split, 12), split, progress=False)
+    assert torch.load(split / CHECKPOINT, weights_only=True)["step"] == 6
+    monkeypatch.setattr(train_module, "sample_task", real)
     train(_tiny(split, 12), split, progress=False)  # resumed
     a, b = _log(full), _log(split)
     assert [r["step"] for r in b] == list(range(1, 13))
     assert [r["n"] for r in a] == [r["n"] for r in b]  # same task stream after the restart
     for ra, rb in zip(a, b):
-        assert abs(ra["loss"] - rb["loss"]) <= 1e-4 * abs(ra["loss"])
+        assert abs(ra["loss"] - rb["loss"]) <= 1e-5 * abs(ra["loss"])  # float32 re-association only
