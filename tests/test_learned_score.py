@@ -171,3 +171,23 @@ def test_kde_gradient_equals_autograd_of_its_density():
     ls = LearnedScore(x, estimator="kde")
     (via,) = torch.autograd.grad(ls.log_prob(q).sum(), q)
     assert_close(via, auto, rtol=1e-8, atol=1e-10)  # two float64 formulas for the same gradient
+
+
+class _Adaptable(_ScoreNotGradient):
+    """A stand-in for the transformer's test-time adaptation: .adapt returns a new estimator."""
+
+    def __init__(self, steps=0):
+        self.steps = steps
+
+    def adapt(self, num_steps=4):
+        return _Adaptable(self.steps + num_steps)
+
+
+def test_test_time_adaptation_is_applied_once_and_returns_new_objects():
+    x = _samples()
+    ls = LearnedScore(x, estimator=_Adaptable(), adapt_steps=3)
+    assert ls.estimator.steps == 3
+    more = ls.adapt(2)
+    assert more.estimator.steps == 5 and ls.estimator.steps == 3 and more.samples is ls.samples
+    with pytest.raises(ValueError, match="non-negative"):
+        ls.adapt(-1)
