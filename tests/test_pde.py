@@ -281,3 +281,25 @@ def test_density_l2_error_against_gaussian_closed_form():
     n_est, n_ref, cross = (4 * math.pi * a**2) ** -1, (4 * math.pi) ** -1, (2 * math.pi * (1 + a**2)) ** -1
     want = math.sqrt((n_est + n_ref - 2 * cross) / n_ref)
     assert float(got) == pytest.approx(want, rel=1e-6)  # midpoint rule on a smooth integrand
+
+
+def test_score_fn_and_factory_paths_and_entropy_of_a_gaussian():
+    """Heat from N(0, diag): the entropy diagnostic matches 1/2 log det(2 pi e Sigma(t)) within 4 MC SE."""
+    heat = FokkerPlanck.heat(0.5)
+    sol = GaussianMixtureSolution(heat, GaussianMixture(torch.ones(1, dtype=DT), torch.zeros(1, 2, dtype=DT),
+                                                        torch.diag(torch.tensor([0.5, 2.0], dtype=DT))[None]))
+    x0 = sol.sample_initial(400, generator=gen(16))
+    times = torch.linspace(0, 1, 3)
+    exact = solve(sol, x0, times, score="exact", method="heun", step_size=0.05, progress=False)
+    as_fn = solve(heat, x0, times, score=lambda x, t: sol.score(x, t), method="heun", step_size=0.05,
+                  progress=False)
+    assert_close(as_fn.particles, exact.particles, rtol=0, atol=0)  # same velocity, same numbers
+    assert "entropy" not in as_fn.diagnostics and "covariance_error" not in as_fn.diagnostics
+    se = math.sqrt(2 / 2 / 400)  # Var(log N(x; 0, Sigma)) = d/2 under x ~ N(0, Sigma)
+    for t, h in zip(times.tolist(), exact.diagnostics["entropy"], strict=True):
+        want = 0.5 * float(torch.logdet(2 * math.pi * math.e * sol.covariance(t)))
+        assert abs(float(h) - want) < 4 * se, t
+    kde = solve(heat, x0, times, score=GaussianKDE, step_size=0.1, progress=False)
+    assert bool((kde.diagnostics["entropy_rate"] > 0).all())  # heat: dH/dt = D E|s|^2 > 0
+    with pytest.raises(ValueError, match="d <= 3"):
+        diagnostics.density_l2_error(lambda y: y[:, 0], lambda y: y[:, 0], torch.zeros(4), torch.ones(4))
