@@ -140,7 +140,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Di
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    model = DiScoFormer(cfg.model_config()).to(device)
+    with torch.random.fork_rng(devices=[]):  # reproducible init without touching the caller's RNG
+        torch.manual_seed(cfg.seed)
+        model = DiScoFormer(cfg.model_config()).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, elapsed = 0, 0.0
@@ -155,10 +157,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Di
         gen.set_state(state["generator"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
     val = validation_tasks(cfg.dim)
+    gen_state = gen.get_state()  # the RNG at the start of the next step: an interrupted step is redone
     log = open(out / "log.jsonl", "a", buffering=1)
 
     def checkpoint():
-        _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+        _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen_state,
                           "step": step, "elapsed": elapsed, "train_config": asdict(cfg),
                           "model_config": cfg.model_config().to_dict()})
 
@@ -191,6 +194,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Di
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             opt.step()
             step += 1
+            gen_state = gen.get_state()
             elapsed += time.perf_counter() - t0
             record = {"step": step, "n": n, "loss": float(loss.detach()), **parts, "grad_norm": float(gnorm),
                       "lr": _lr(cfg, step - 1), "elapsed_s": round(elapsed, 2)}
