@@ -134,7 +134,8 @@ def test_kde_score_recovers_the_kde_moments(method):
     _check_moments(out.samples[:, -1], MEAN, COV * (1 + 500 ** (-1 / 3)), k=6.0)
 
 
-@pytest.mark.parametrize("method,score", [("ula", "exact"), ("mala", "exact"), ("mala", "kde")])
+@pytest.mark.parametrize("method,score", [("ula", "exact"), ("mala", "exact"), ("ula", "kde"),
+                                          ("mala", "kde")])
 def test_mixture_weight_is_recovered(method, score):
     # P(x > 0) under the 1-D mixture is exact: 0.3 Phi(-1.2/0.707) + 0.7 Phi(1.2/0.707); for the
     # KDE target it is the mean of normal CDFs. Checked at 4 binomial standard errors.

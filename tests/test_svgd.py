@@ -96,15 +96,23 @@ def test_svgd_with_a_kde_score_recovers_the_kde_moments():
     _check_moments(out.particles, mean, cov)
 
 
-def test_svgd_recovers_mixture_weights():
+@pytest.mark.parametrize("score", ["exact", "kde"])
+def test_svgd_recovers_mixture_weights(score):
     # 1-D mixture 0.3 N(-1.5, 0.5^2) + 0.7 N(1.5, 0.5^2): the share of particles right of 0
-    # matches the exact mass 0.3 Phi(-3) + 0.7 Phi(3) within 4 binomial standard errors.
+    # matches the exact mass 0.3 Phi(-3) + 0.7 Phi(3) (for the KDE target: the mean of its
+    # kernels' normal CDFs) within 4 binomial standard errors.
     mix = GaussianMixture(torch.tensor([0.3, 0.7], dtype=F64), torch.tensor([[-1.5], [1.5]], dtype=F64),
                           torch.full((2, 1, 1), 0.25, dtype=F64))
-    phi3 = 0.5 * (1 + math.erf(3 / math.sqrt(2)))
-    mass = 0.3 * (1 - phi3) + 0.7 * phi3
+    if score == "exact":
+        target = mix
+        phi3 = 0.5 * (1 + math.erf(3 / math.sqrt(2)))
+        mass = 0.3 * (1 - phi3) + 0.7 * phi3
+    else:
+        target = GaussianKDE(mix.sample(400, generator=_gen(11)))
+        z = target.samples.squeeze(-1) / target.covariance.sqrt().squeeze()
+        mass = float((0.5 * (1 + torch.erf(z / math.sqrt(2)))).mean())
     n = 200
-    out = svgd_run(2.0 * _start(n, 5, d=1), mix, 0.05, 400)
+    out = svgd_run(2.0 * _start(n, 5, d=1), target, 0.05, 400)
     frac = float((out.particles[:, 0] > 0).double().mean())
     assert abs(frac - mass) < 4 * math.sqrt(mass * (1 - mass) / n)
 
