@@ -59,6 +59,15 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pyro_disco.training.export import export_run
+
+    notes = open(args.notes).read() if args.notes else ""
+    info = export_run(args.run, args.name, notes=notes)
+    print(f"wrote {info['file']} (sha256 {info['sha256']}), {info['steps']} steps")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyro-disco", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt-steps", type=int, default=0, help="test-time adaptation steps (transformer only)")
     p.add_argument("--out", default="estimate.npz", help="output .npz with points, logdensity, score")
     p.set_defaults(func=_cmd_estimate)
+
+    p = sub.add_parser("export", help="ship a training run's weights inside the package (sha256 + model card)")
+    p.add_argument("run", help="training run folder (with checkpoint.pt and log.jsonl)")
+    p.add_argument("--name", required=True, help="model name, e.g. discoformer-d2")
+    p.add_argument("--notes", help="a markdown file appended to the model card")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 
