@@ -1,14 +1,32 @@
-"""pyro_disco: density and score from samples with a pretrained transformer, for Pyro."""
+"""pyro_disco: density and score from samples with a pretrained transformer, for Pyro.
+
+The layers, from the bottom up:
+
+- :mod:`pyro_disco.estimators` — the estimator protocol (``logdensity``/``score``), DiScoFormer,
+  Gaussian KDE, SD-KDE, Emp-SD-KDE; :mod:`pyro_disco.pretrained` — shipped weights;
+- :mod:`pyro_disco.distributions` — ``LearnedScore``, a Pyro distribution from samples;
+- :mod:`pyro_disco.infer` — Langevin (ULA/MALA) kernels, SVGD, score-based particle flows, arviz;
+- :mod:`pyro_disco.stein`, :mod:`pyro_disco.fisher` — kernel Stein discrepancy, Fisher information, entropy;
+- :mod:`pyro_disco.pde` — particle solvers for Fokker–Planck and Landau equations;
+- :mod:`pyro_disco.training` — the training pipeline.
+"""
 
 from pyro_disco._validation import DegenerateSamplesError
+from pyro_disco.distributions import LearnedScore
 from pyro_disco.estimators import (
     SDKDE,
+    DiScoFormerEstimator,
     EmpSDKDE,
     Estimator,
     GaussianKDE,
     as_logdensity_fn,
     as_score_fn,
+    build_estimator,
 )
+from pyro_disco.fisher import Estimate, entropy, fisher_information, fisher_matrix, relative_fisher_information
+from pyro_disco.infer import MALA, ULA
+from pyro_disco.pretrained import available_dims, pretrained_estimator
+from pyro_disco.stein import KSDTestResult, ksd, ksd_test
 from pyro_disco.targets import ExactDistribution, GaussianMixture
 
 __version__ = "0.1.0"
@@ -16,11 +34,26 @@ __version__ = "0.1.0"
 __all__ = [
     "DegenerateSamplesError",
     "Estimator",
+    "DiScoFormerEstimator",
     "GaussianKDE",
     "SDKDE",
     "EmpSDKDE",
+    "build_estimator",
     "as_score_fn",
     "as_logdensity_fn",
+    "available_dims",
+    "pretrained_estimator",
+    "LearnedScore",
+    "ULA",
+    "MALA",
+    "ksd",
+    "ksd_test",
+    "KSDTestResult",
+    "fisher_information",
+    "fisher_matrix",
+    "relative_fisher_information",
+    "entropy",
+    "Estimate",
     "GaussianMixture",
     "ExactDistribution",
 ]

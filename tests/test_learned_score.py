@@ -11,7 +11,7 @@ from torch.testing import assert_close
 
 from pyro_disco import EmpSDKDE, GaussianKDE, GaussianMixture
 from pyro_disco.distributions import LearnedScore
-from pyro_disco.distributions.learned_score import _available_dims
+from pyro_disco.pretrained import available_dims as _available_dims
 
 EXACT = dict(rtol=1e-10, atol=1e-12)  # same float64 computation reached by two routes
 

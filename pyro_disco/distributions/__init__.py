@@ -1,5 +1,5 @@
 """Pyro distributions built from samples."""
 
-from pyro_disco.distributions.learned_score import LearnedScore, build_estimator
+from pyro_disco.distributions.learned_score import LearnedScore
 
-__all__ = ["LearnedScore", "build_estimator"]
+__all__ = ["LearnedScore"]

@@ -31,80 +31,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from pyro_disco._validation import as_samples
-from pyro_disco.estimators.kde import SDKDE, EmpSDKDE, GaussianKDE
+from pyro_disco.estimators.factory import resolve_estimator
 
-__all__ = ["LearnedScore", "build_estimator"]
-
-_NAMES = ("auto", "transformer", "kde", "sdkde", "emp-sdkde")
-
-
-def _available_dims() -> list[int]:
-    """Dimensions with pretrained weights (empty when the pretrained package is missing)."""
-    try:
-        from pyro_disco.pretrained import available_dims
-    except ImportError:
-        return []
-    return list(available_dims())
-
-
-def _pretrained(samples: Tensor):
-    """The pretrained estimator for ``samples`` or ``None`` when no weights fit their dimension."""
-    if samples.shape[1] not in _available_dims():
-        return None
-    from pyro_disco.pretrained import pretrained_estimator
-
-    return pretrained_estimator(samples)
-
-
-def build_estimator(samples: Tensor, estimator="auto", **estimator_kwargs):
-    """Build the estimator ``LearnedScore`` uses; returns ``(estimator, name)``.
-
-    ``"auto"`` is the pretrained transformer when weights for ``d`` exist, else Gaussian KDE
-    (Scott's bandwidth unless ``bandwidth=`` is given; ``estimator_kwargs`` go to whichever
-    constructor is chosen);
-    ``"transformer"`` insists on the weights; ``"kde"`` is :class:`GaussianKDE`; ``"sdkde"``
-    is :class:`SDKDE` with the score given as ``score=`` (default: the transformer's);
-    ``"emp-sdkde"`` is :class:`EmpSDKDE`. Any object with ``dim``, ``logdensity`` and
-    ``score`` is used as is (name ``"custom"``).
-    """
-    if not isinstance(estimator, str):
-        for attr in ("logdensity", "score"):
-            if not callable(getattr(estimator, attr, None)):
-                raise TypeError(
-                    f"estimator object must have a callable .{attr}(x); got {type(estimator).__name__}"
-                )
-        if getattr(estimator, "dim", samples.shape[1]) != samples.shape[1]:
-            raise ValueError(f"estimator has dim={estimator.dim} but the samples have d={samples.shape[1]}")
-        return estimator, "custom"
-    if estimator not in _NAMES:
-        raise ValueError(f"unknown estimator {estimator!r}; use one of {_NAMES} or an estimator object")
-    if estimator in ("auto", "transformer"):
-        dims = _available_dims()
-        if samples.shape[1] in dims:
-            from pyro_disco.pretrained import pretrained_estimator
-
-            return pretrained_estimator(samples, **estimator_kwargs), "transformer"
-        if estimator == "transformer":
-            raise ValueError(
-                f"no pretrained transformer weights for d={samples.shape[1]} (available: {dims}); "
-                "use estimator='kde' or 'auto'"
-            )
-        return GaussianKDE(samples, **estimator_kwargs), "kde"
-    if estimator == "kde":
-        return GaussianKDE(samples, **estimator_kwargs), "kde"
-    if estimator == "emp-sdkde":
-        return EmpSDKDE(samples, **estimator_kwargs), "emp-sdkde"
-    kwargs = dict(estimator_kwargs)
-    score = kwargs.pop("score", None)
-    if score is None:
-        score = _pretrained(samples)
-        if score is None:
-            raise ValueError(
-                "estimator='sdkde' needs a score for the shift: pass score=<estimator or score_fn>, "
-                "or use 'emp-sdkde' (the KDE's own score)"
-            )
-    return SDKDE(samples, score, **kwargs), "sdkde"
-
+__all__ = ["LearnedScore"]
 
 class _LogDensityWithScore(torch.autograd.Function):
     """Value: the estimator's log-density; gradient: the estimator's score head."""
@@ -154,7 +83,7 @@ class LearnedScore(TorchDistribution):
     def __init__(self, samples: Tensor, estimator="auto", *, adapt_steps: int = 0,
                  validate_args=None, **estimator_kwargs):
         samples = as_samples(samples)
-        est, name = build_estimator(samples.detach(), estimator, **estimator_kwargs)
+        est, name = resolve_estimator(samples.detach(), estimator, **estimator_kwargs)
         if adapt_steps:
             est = self._adapted(est, adapt_steps)
         self._set(samples, est, name)

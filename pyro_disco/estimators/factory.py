@@ -7,36 +7,59 @@ from torch import Tensor
 from pyro_disco._validation import as_samples
 from pyro_disco.estimators.kde import SDKDE, EmpSDKDE, GaussianKDE
 
-__all__ = ["build_estimator", "ESTIMATORS"]
+__all__ = ["build_estimator", "resolve_estimator", "ESTIMATORS"]
 
 ESTIMATORS = ("auto", "transformer", "kde", "silverman-kde", "sdkde", "emp-sdkde")
 
 
-def build_estimator(samples: Tensor, estimator: str = "auto", **kwargs):
-    """An estimator on ``samples`` ``(n, d)``.
+def resolve_estimator(samples: Tensor, estimator="auto", **estimator_kwargs):
+    """Build an estimator on ``samples`` ``(n, d)``; returns ``(estimator, name)``.
 
-    ``"auto"``: the pretrained transformer when weights for ``d`` ship with the package, else
-    Scott KDE. ``"transformer"``: the pretrained transformer (error if none for ``d``).
-    ``"kde"``: Scott KDE; ``"silverman-kde"``; ``"sdkde"``: SD-KDE shifted by the pretrained
-    transformer's score (``"auto"`` fallback: Emp-SD-KDE); ``"emp-sdkde"``.
-    Extra keyword arguments go to the estimator's constructor.
+    - ``"auto"``: the pretrained transformer when weights for ``d`` ship with the package,
+      else Gaussian KDE (Scott's bandwidth unless ``bandwidth=`` is given);
+    - ``"transformer"``: the pretrained transformer (error naming the shipped dimensions if none);
+    - ``"kde"``: :class:`GaussianKDE` (Scott); ``"silverman-kde"``: Silverman's rule;
+    - ``"sdkde"``: :class:`SDKDE` shifted by ``score=`` (default: the pretrained transformer's);
+    - ``"emp-sdkde"``: :class:`EmpSDKDE`;
+    - any object with callable ``logdensity`` and ``score`` is used as is (name ``"custom"``).
+
+    ``estimator_kwargs`` go to the chosen constructor.
     """
     from pyro_disco.pretrained import available_dims, pretrained_estimator
 
+    if not isinstance(estimator, str):
+        for attr in ("logdensity", "score"):
+            if not callable(getattr(estimator, attr, None)):
+                raise TypeError(f"estimator object must have a callable .{attr}(x); got {type(estimator).__name__}")
+        if getattr(estimator, "dim", samples.shape[-1]) != samples.shape[-1]:
+            raise ValueError(f"estimator has dim={estimator.dim} but the samples have d={samples.shape[-1]}")
+        return estimator, "custom"
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; use one of {ESTIMATORS} or an estimator object")
     x = as_samples(samples)
     has_model = x.shape[1] in available_dims()
     if estimator == "auto":
         estimator = "transformer" if has_model else "kde"
     if estimator == "transformer":
-        return pretrained_estimator(x, **kwargs)
+        return pretrained_estimator(x, **estimator_kwargs), "transformer"
     if estimator == "kde":
-        return GaussianKDE(x, kwargs.pop("bandwidth", "scott"), **kwargs)
+        return GaussianKDE(x, **estimator_kwargs), "kde"
     if estimator == "silverman-kde":
-        return GaussianKDE(x, "silverman", **kwargs)
-    if estimator == "sdkde":
-        if not has_model:
-            return EmpSDKDE(x, **kwargs)
-        return SDKDE(x, pretrained_estimator(x), **kwargs)
+        return GaussianKDE(x, "silverman", **estimator_kwargs), "silverman-kde"
     if estimator == "emp-sdkde":
-        return EmpSDKDE(x, **kwargs)
-    raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS} or pass an estimator object")
+        return EmpSDKDE(x, **estimator_kwargs), "emp-sdkde"
+    kwargs = dict(estimator_kwargs)
+    score = kwargs.pop("score", None)
+    if score is None:
+        if not has_model:
+            raise ValueError(
+                f"estimator='sdkde' needs a score for the shift and no pretrained model covers d={x.shape[1]}: "
+                "pass score=<estimator or score_fn>, or use 'emp-sdkde' (the KDE's own score)"
+            )
+        score = pretrained_estimator(x)
+    return SDKDE(x, score, **kwargs), "sdkde"
+
+
+def build_estimator(samples: Tensor, estimator="auto", **estimator_kwargs):
+    """Like :func:`resolve_estimator`, without the name."""
+    return resolve_estimator(samples, estimator, **estimator_kwargs)[0]
