@@ -12,7 +12,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pyro_disco.training import TrainConfig, train
 
     model = {k: v for k, v in {"d_model": args.d_model, "num_layers": args.num_layers,
-                               "num_heads": args.num_heads, "d_ff": args.d_ff, "dropout": args.dropout}.items()
+                               "num_heads": args.num_heads, "d_ff": args.d_ff, "dropout": args.dropout,
+                               "kde_features": args.kde_features}.items()
              if v is not None}
     cfg = TrainConfig(dim=args.dim, steps=args.steps, tokens_per_step=args.tokens_per_step, n_min=args.n_min,
                       n_max=args.n_max, alpha=args.alpha, lr=args.lr, seed=args.seed, threads=args.threads,
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-heads", type=int, default=None)
     p.add_argument("--d-ff", type=int, default=None)
     p.add_argument("--dropout", type=float, default=None)
+    p.add_argument("--kde-features", type=float, nargs="+", default=None,
+                   help="KDE input features and gated outputs at these multiples of Scott's bandwidth")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_train)
 

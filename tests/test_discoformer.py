@@ -147,3 +147,31 @@ def test_tta_lowers_consistency_and_leaves_weights_alone(random_model, data):
     assert adapted.consistency() < 0.9 * start
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert est.consistency() == start
+
+
+def test_kde_feature_model_starts_as_scott_kde(data):
+    """With KDE features and untrained heads, the model *is* Scott's KDE (up to the whitening's
+    1e-8 ridge)."""
+    from pyro_disco import GaussianKDE
+    from pyro_disco.estimators.discoformer import DiScoFormer, DiScoFormerConfig
+
+    x, y = data
+    model = DiScoFormer(DiScoFormerConfig(dim=3, d_model=32, num_layers=1, num_heads=4, d_ff=64,
+                                          kde_features=(0.5, 1.0, 2.0))).double()
+    logp, s = DiScoFormerEstimator(model, x).logdensity_and_score(y)
+    ref_logp, ref_s = GaussianKDE(x).logdensity_and_score(y)
+    torch.testing.assert_close(logp, ref_logp, rtol=1e-6, atol=1e-6)  # ridge 1e-8 on the correlation
+    torch.testing.assert_close(s, ref_s, rtol=1e-6, atol=1e-6)
+
+
+def test_kde_feature_model_keeps_exact_equivariances(random_model, data):
+    x, y = data
+    model = random_model(3, kde_features=(0.7, 1.0))
+    logp, s = _outputs(model, x, y)
+    D = torch.tensor([0.3, 2.0, 5.0], dtype=torch.float64)
+    b = torch.tensor([3.0, -2.0, 0.5], dtype=torch.float64)
+    lp, sp = _outputs(model, x * D + b, y * D + b)
+    assert max(_rel(lp + D.log().sum(), logp), _rel(sp * D, s)) <= EXACT
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(3))
+    lp, sp = _outputs(model, x[perm], y)
+    assert max(_rel(lp, logp), _rel(sp, s)) <= EXACT

@@ -42,22 +42,54 @@ class DiScoFormerConfig:
     d_ff: int = 512
     dropout: float = 0.0
     residual: bool = True
+    kde_features: tuple[float, ...] = ()  # bandwidths (multiples of Scott's factor) of KDE input features
 
     def __post_init__(self):
         if self.dim < 1 or self.d_model % self.num_heads:
             raise ValueError(f"invalid config: dim={self.dim}, d_model={self.d_model}, heads={self.num_heads}")
+        object.__setattr__(self, "kde_features", tuple(float(c) for c in self.kde_features))
+        if self.kde_features and not self.residual:
+            raise ValueError("kde_features need residual=True (they are gated corrections to the Gaussian)")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class EncodedContext(NamedTuple):
-    """The context after the encoder: per-layer keys/values ``(B, H, n, d_head)`` and the
-    final context states ``(B, n, d_model)``."""
+    """The context after the encoder: per-layer keys/values ``(B, H, n, d_head)``, the final
+    context states ``(B, n, d_model)``, the whitened context ``(B, n, d)`` and its KDE
+    features (or ``None``)."""
 
     keys: list[Tensor]
     values: list[Tensor]
     states: Tensor
+    context: Tensor
+    features: tuple[Tensor, Tensor] | None
+
+
+def kde_features(y: Tensor, context: Tensor, bandwidths: list[float], *, block_size: int = 1024
+                 ) -> tuple[Tensor, Tensor]:
+    r"""Isotropic Gaussian KDEs of the (whitened) ``context`` ``(B, n, d)`` at ``y`` ``(B, m, d)``
+    for each bandwidth, as corrections over the standard normal: log-densities
+    :math:`\log\hat f_h(y) - \log\varphi(y)` ``(B, m, K)`` and scores :math:`\hat s_h(y) + y`
+    ``(B, m, K, d)``. Functions of inner products and linear combinations only, so they keep
+    every equivariance of the whitened coordinates."""
+    n, d = context.shape[-2:]
+    c_sq = context.square().sum(-1).unsqueeze(-2)  # B 1 n
+    logs, scores = [], []
+    for yb in y.split(block_size, dim=1):
+        sq = (yb.square().sum(-1, keepdim=True) + c_sq - 2 * yb @ context.transpose(-1, -2)).clamp_min(0)  # B b n
+        gauss = -0.5 * yb.square().sum(-1)  # B b (the 2π terms cancel below)
+        lb, sb = [], []
+        for h in bandwidths:
+            logk = -0.5 * sq / h**2
+            lse = torch.logsumexp(logk, dim=-1)  # B b
+            w = (logk - lse.unsqueeze(-1)).exp()
+            lb.append(lse - math.log(n) - d * math.log(h) - gauss)
+            sb.append((w @ context - yb) / h**2 + yb)
+        logs.append(torch.stack(lb, -1))
+        scores.append(torch.stack(sb, -2))
+    return torch.cat(logs, 1), torch.cat(scores, 1)
 
 
 def _attention(q: Tensor, k: Tensor, v: Tensor, block_size: int) -> Tensor:
@@ -114,50 +146,78 @@ class DiScoFormer(nn.Module):
     def __init__(self, config: DiScoFormerConfig):
         super().__init__()
         self.config = config
-        self.embed = nn.Linear(config.dim, config.d_model)
+        k = len(config.kde_features)
+        self.embed = nn.Linear(config.dim * (1 + k) + k, config.d_model)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.d_model)
         self.logdensity_head = nn.Sequential(
-            nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.Linear(config.d_model, 1)
+            nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.Linear(config.d_model, 1 + k)
         )
         self.score_head = nn.Sequential(
-            nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.Linear(config.d_model, config.dim)
+            nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.Linear(config.d_model, config.dim + k)
         )
-        if config.residual:  # start exactly at the whitened Gaussian
+        if config.residual:  # start exactly at the whitened Gaussian (or at Scott's KDE, see below)
             for head in (self.logdensity_head, self.score_head):
                 nn.init.zeros_(head[-1].weight)
                 nn.init.zeros_(head[-1].bias)
+            if 1.0 in config.kde_features:  # gate 1 on Scott's bandwidth: the model starts as Scott's KDE
+                j = config.kde_features.index(1.0)
+                with torch.no_grad():
+                    self.logdensity_head[-1].bias[1 + j] = 1.0
+                    self.score_head[-1].bias[config.dim + j] = 1.0
 
-    def _heads(self, y: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    def _bandwidths(self, n: int) -> list[float]:
+        scott = n ** (-1.0 / (self.config.dim + 4))
+        return [c * scott for c in self.config.kde_features]
+
+    def _tokens(self, y: Tensor, features: tuple[Tensor, Tensor] | None) -> Tensor:
+        if features is None:
+            return self.embed(y)
+        logs, scores = features  # B m K, B m K d
+        extra = torch.cat([logs, scores.flatten(-2)], dim=-1)
+        return self.embed(torch.cat([y, torch.asinh(extra)], dim=-1))  # asinh: far-off values stay tame
+
+    def _heads(self, y: Tensor, h: Tensor, features: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
         h = self.ln_f(h)
-        logf = self.logdensity_head(h).squeeze(-1)  # B m
-        score = self.score_head(h)  # B m d
+        d = self.config.dim
+        lh = self.logdensity_head(h)  # B m (1 + K)
+        sh = self.score_head(h)  # B m (d + K)
+        logf, score = lh[..., 0], sh[..., :d]
+        if features is not None:  # gated, per-token mixture of KDE corrections
+            logs, scores = features
+            logf = logf + (lh[..., 1:] * logs).sum(-1)
+            score = score + (sh[..., d:].unsqueeze(-1) * scores).sum(-2)
         if self.config.residual:
-            d = self.config.dim
             logf = logf - 0.5 * y.square().sum(-1) - 0.5 * d * math.log(2 * math.pi)
             score = score - y
         return logf, score
 
     def encode(self, context: Tensor, *, block_size: int = 4096) -> EncodedContext:
         """Run the encoder over whitened samples ``(B, n, d)``."""
-        h = self.embed(context)  # B n C
+        features = None
+        if self.config.kde_features:
+            features = kde_features(context, context, self._bandwidths(context.shape[-2]))
+        h = self._tokens(context, features)  # B n C
         keys, values = [], []
         for block in self.blocks:
             h, k, v = block.context(h, block_size)
             keys.append(k)
             values.append(v)
-        return EncodedContext(keys, values, h)
+        return EncodedContext(keys, values, h, context, features)
 
     def at_context(self, context: Tensor, encoded: EncodedContext) -> tuple[Tensor, Tensor]:
         """Log-density ``(B, n)`` and score ``(B, n, d)`` at the samples themselves (free)."""
-        return self._heads(context, encoded.states)
+        return self._heads(context, encoded.states, encoded.features)
 
     def query(self, encoded: EncodedContext, y: Tensor, *, block_size: int = 4096) -> tuple[Tensor, Tensor]:
         """Log-density ``(B, m)`` and score ``(B, m, d)`` at whitened queries ``y`` ``(B, m, d)``."""
-        g = self.embed(y)
+        features = None
+        if self.config.kde_features:
+            features = kde_features(y, encoded.context, self._bandwidths(encoded.context.shape[-2]))
+        g = self._tokens(y, features)
         for block, k, v in zip(self.blocks, encoded.keys, encoded.values):
             g = block.query(g, k, v, block_size)
-        return self._heads(y, g)
+        return self._heads(y, g, features)
 
     def forward(self, context: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         return self.query(self.encode(context), y)

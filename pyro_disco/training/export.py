@@ -22,6 +22,7 @@ def train_command(cfg: TrainConfig, out: str) -> str:
         if value != getattr(default, name) or name == "steps":
             flags.append(f"--{name.replace('_', '-')} {value}")
     for key, value in cfg.model.items():
+        value = " ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
         flags.append(f"--{key.replace('_', '-')} {value}")
     return "pyro-disco train " + " ".join(flags)
 
