@@ -19,7 +19,6 @@ Mean and standard deviation over repetitions.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -51,7 +50,10 @@ def _estimators(model, x, tta_steps: int, with_tta: bool):
         disco.at_samples()
         out["DiScoFormer"] = (disco, time.perf_counter() - t0)
         if with_tta:
-            out[f"DiScoFormer+TTA{tta_steps}"] = (disco.adapt(tta_steps, generator=torch.Generator().manual_seed(0)), 0.0)
+            out[f"DiScoFormer+TTA{tta_steps}"] = (
+                disco.adapt(tta_steps, generator=torch.Generator().manual_seed(0)),
+                0.0,
+            )
         out["SD-KDE (DiScoFormer score)"] = (SDKDE(x, disco), 0.0)
     out["Scott KDE"] = (GaussianKDE(x, "scott"), 0.0)
     out["Silverman KDE"] = (GaussianKDE(x, "silverman"), 0.0)
@@ -95,8 +97,18 @@ def heavy_tails(models, reps, tta_steps, num_queries=1024):
     rows = []
     if 2 not in models:
         return rows
-    cases = {"Laplace(0, 1)": (Independent(Laplace(torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)), 1), [512, 1024]),
-             "Student-t (ν = 3)": (Independent(StudentT(3.0, torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)), 1), [256, 1024])}
+    cases = {
+        "Laplace(0, 1)": (
+            Independent(Laplace(torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)), 1),
+            [512, 1024],
+        ),
+        "Student-t (ν = 3)": (
+            Independent(
+                StudentT(3.0, torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)), 1
+            ),
+            [256, 1024],
+        ),
+    }
     for label, (dist, sizes) in cases.items():
         target = ExactDistribution(dist)
         for n in sizes:
@@ -114,31 +126,44 @@ def heavy_tails(models, reps, tta_steps, num_queries=1024):
 
 
 def bimodal_1d(models, reps):
-    gm = GaussianMixture(torch.tensor([0.4, 0.6], dtype=torch.float64), torch.tensor([[-1.5], [1.5]], dtype=torch.float64),
-                         torch.tensor([[[0.25]], [[0.49]]], dtype=torch.float64))
+    gm = GaussianMixture(
+        torch.tensor([0.4, 0.6], dtype=torch.float64),
+        torch.tensor([[-1.5], [1.5]], dtype=torch.float64),
+        torch.tensor([[[0.25]], [[0.49]]], dtype=torch.float64),
+    )
     grid = torch.linspace(-5, 5, 801, dtype=torch.float64).unsqueeze(-1)
     truth = gm.logdensity(grid).exp()
     acc: dict[str, list[float]] = {}
     for r in range(reps):
         x = gm.sample(2048, generator=torch.Generator().manual_seed(BENCH_SEED + r))
-        ests = {"Silverman KDE": GaussianKDE(x, "silverman"), "Scott KDE": GaussianKDE(x, "scott"),
-                "Emp-SD-KDE": EmpSDKDE(x), "SD-KDE (exact score)": SDKDE(x, gm)}
+        ests = {
+            "Silverman KDE": GaussianKDE(x, "silverman"),
+            "Scott KDE": GaussianKDE(x, "scott"),
+            "Emp-SD-KDE": EmpSDKDE(x),
+            "SD-KDE (exact score)": SDKDE(x, gm),
+        }
         if 1 in models:
             disco = DiScoFormerEstimator(models[1], x)
             ests["DiScoFormer density"] = disco
             ests["SD-KDE (DiScoFormer score)"] = SDKDE(x, disco)
         for name, est in ests.items():
-            acc.setdefault(name, []).append(float((est.logdensity(grid).exp().detach() - truth).square().mean()))
+            acc.setdefault(name, []).append(
+                float((est.logdensity(grid).exp().detach() - truth).square().mean())
+            )
     return [(name, _summ(v, 1e4, 3)) for name, v in acc.items()]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", action="append", help="d=PATH: use this weight file or training checkpoint for d")
+    p.add_argument(
+        "--checkpoint", action="append", help="d=PATH: use this weight file or training checkpoint for d"
+    )
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
     p.add_argument("--tta-steps", type=int, default=4)
-    p.add_argument("--tta-max-n", type=int, default=1024, help="TTA rows only up to this n (it needs double backward)")
+    p.add_argument(
+        "--tta-max-n", type=int, default=1024, help="TTA rows only up to this n (it needs double backward)"
+    )
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "accuracy.md"))
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
@@ -150,19 +175,27 @@ def main(argv=None):
     mix_rows = mixtures(models, args.sizes, args.reps, args.tta_steps, args.tta_max_n)
     tail_rows = heavy_tails(models, args.reps, args.tta_steps)
     bi_rows = bimodal_1d(models, args.reps)
-    lines = [f"# Accuracy benchmark\n\n`python benchmarks/accuracy.py {' '.join(argv or [])}`".rstrip() +
-             f" — {args.reps} repetitions, mean ± sd, {time.perf_counter() - t0:.0f} s on "
-             f"{torch.get_num_threads()} thread(s).\n",
-             "## Held-out random Gaussian mixtures (512 fresh query points from the mixture)\n",
-             "| d | n | estimator | rel. score MSE (%) | log-density MSE | rel. score MSE at the samples (%) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Accuracy benchmark\n\n`python benchmarks/accuracy.py {' '.join(argv or [])}`".rstrip()
+        + f" — {args.reps} repetitions, mean ± sd, {time.perf_counter() - t0:.0f} s on "
+        f"{torch.get_num_threads()} thread(s).\n",
+        "## Held-out random Gaussian mixtures (512 fresh query points from the mixture)\n",
+        "| d | n | estimator | rel. score MSE (%) | log-density MSE | rel. score MSE at the samples (%) |",
+        "|---|---|---|---|---|---|",
+    ]
     lines += [f"| {d} | {n} | {name} | {a} | {b} | {c} |" for d, n, name, a, b, c in mix_rows]
     if tail_rows:
-        lines += ["\n## 2-D heavy tails (per-entry score MSE at 1024 points from the target)\n",
-                  "| target | n | estimator | score MSE |", "|---|---|---|---|"]
+        lines += [
+            "\n## 2-D heavy tails (per-entry score MSE at 1024 points from the target)\n",
+            "| target | n | estimator | score MSE |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {t} | {n} | {name} | {v} |" for t, n, name, v in tail_rows]
-    lines += ["\n## 1-D bimodal mixture, n = 2048 (density MSE × 1e4 on 801 grid points in [-5, 5])\n",
-              "| estimator | density MSE × 1e4 |", "|---|---|"]
+    lines += [
+        "\n## 1-D bimodal mixture, n = 2048 (density MSE × 1e4 on 801 grid points in [-5, 5])\n",
+        "| estimator | density MSE × 1e4 |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {v} |" for name, v in bi_rows]
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ def errors(model: DiScoFormer, trials: int, n: int = 512, m: int = 128, seed: in
         x, y = mix.sample(n, generator=g)[0], mix.sample(m, generator=g)[0]
         lp, s = DiScoFormerEstimator(model, x).logdensity_and_score(y)
 
-        def check(name, x2, y2, a_lin, logdet_shift):
+        def check(name, x2, y2, a_lin, logdet_shift, lp=lp, s=s):
             # x2 = x A_lin + b: log f2(y2) = log f(y) - log|det A_lin|, s2(y2) = s(y) A_lin^{-T}
             lp2, s2 = DiScoFormerEstimator(model, x2).logdensity_and_score(y2)
             back_s = s2 @ a_lin.T

@@ -17,6 +17,8 @@ if __name__ == "__main__":
         x = torch.randn(300, d, generator=g, dtype=torch.float64)
         y = torch.randn(16, d, generator=g, dtype=torch.float64)
         logp, s = DiScoFormerEstimator(load_model(name), x).logdensity_and_score(y)
-        (OUT / f"{name}.json").write_text(json.dumps({"seed": 0, "n": 300, "m": 16, "logdensity": logp.tolist(),
-                                                      "score": s.tolist()}) + "\n")
+        (OUT / f"{name}.json").write_text(
+            json.dumps({"seed": 0, "n": 300, "m": 16, "logdensity": logp.tolist(), "score": s.tolist()})
+            + "\n"
+        )
         print("wrote", OUT / f"{name}.json")

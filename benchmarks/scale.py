@@ -44,8 +44,15 @@ def _one(kind: str, n: int, m: int, dim: int, threads: int) -> dict:
     elapsed = time.perf_counter() - t0
     assert torch.isfinite(logp).all() and torch.isfinite(s).all()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"estimator": kind, "n": n, "m": m, "d": dim, "seconds": round(elapsed, 1),
-            "encode_seconds": round(t_enc, 1), "peak_rss_mb": round(peak_mb)}
+    return {
+        "estimator": kind,
+        "n": n,
+        "m": m,
+        "d": dim,
+        "seconds": round(elapsed, 1),
+        "encode_seconds": round(t_enc, 1),
+        "peak_rss_mb": round(peak_mb),
+    }
 
 
 def main(argv=None):
@@ -61,13 +68,29 @@ def main(argv=None):
         return
     rows = []
     for kind in ("kde", "transformer"):
-        out = subprocess.run([sys.executable, __file__, "--one", kind, "--n", str(args.n), "--m", str(args.m),
-                              "--dim", str(args.dim), "--threads", str(args.threads)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                kind,
+                "--n",
+                str(args.n),
+                "--m",
+                str(args.m),
+                "--dim",
+                str(args.dim),
+                "--threads",
+                str(args.threads),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     ratio = rows[1]["seconds"] / rows[0]["seconds"]
-    print(f"\n| estimator | n | m | d | seconds | peak RSS (MB) |\n|---|---|---|---|---|---|")
+    print("\n| estimator | n | m | d | seconds | peak RSS (MB) |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['estimator']} | {r['n']} | {r['m']} | {r['d']} | {r['seconds']} | {r['peak_rss_mb']} |")
     print(f"\ntransformer / KDE time ratio: {ratio:.2f} ({args.threads} thread(s), same machine, same run)")

@@ -23,7 +23,13 @@ from pyro_disco.estimators import (
     as_score_fn,
     build_estimator,
 )
-from pyro_disco.fisher import Estimate, entropy, fisher_information, fisher_matrix, relative_fisher_information
+from pyro_disco.fisher import (
+    Estimate,
+    entropy,
+    fisher_information,
+    fisher_matrix,
+    relative_fisher_information,
+)
 from pyro_disco.infer import MALA, ULA
 from pyro_disco.pretrained import available_dims, pretrained_estimator
 from pyro_disco.stein import KSDTestResult, ksd, ksd_test

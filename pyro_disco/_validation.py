@@ -55,7 +55,9 @@ def as_queries(x, *, dim: int, dtype: torch.dtype | None = None) -> Tensor:
     """Check query points ``(..., d)`` against the estimator's dimension and dtype."""
     x = _as_float_tensor(x, "x")
     if x.dim() < 1 or x.shape[-1] != dim:
-        raise ValueError(f"query points must have shape (..., {dim}) to match the samples, got {tuple(x.shape)}")
+        raise ValueError(
+            f"query points must have shape (..., {dim}) to match the samples, got {tuple(x.shape)}"
+        )
     if dtype is not None and x.dtype != dtype:
         raise TypeError(
             f"query dtype {x.dtype} does not match the samples' dtype {dtype}; convert with x.to({dtype})"

@@ -11,13 +11,32 @@ __all__ = ["main"]
 def _cmd_train(args: argparse.Namespace) -> int:
     from pyro_disco.training import TrainConfig, train
 
-    model = {k: v for k, v in {"d_model": args.d_model, "num_layers": args.num_layers,
-                               "num_heads": args.num_heads, "d_ff": args.d_ff, "dropout": args.dropout,
-                               "kde_features": args.kde_features}.items()
-             if v is not None}
-    cfg = TrainConfig(dim=args.dim, steps=args.steps, tokens_per_step=args.tokens_per_step, n_min=args.n_min,
-                      n_max=args.n_max, alpha=args.alpha, lr=args.lr, seed=args.seed, threads=args.threads,
-                      device=args.device, eval_every=args.eval_every, model=model)
+    model = {
+        k: v
+        for k, v in {
+            "d_model": args.d_model,
+            "num_layers": args.num_layers,
+            "num_heads": args.num_heads,
+            "d_ff": args.d_ff,
+            "dropout": args.dropout,
+            "kde_features": args.kde_features,
+        }.items()
+        if v is not None
+    }
+    cfg = TrainConfig(
+        dim=args.dim,
+        steps=args.steps,
+        tokens_per_step=args.tokens_per_step,
+        n_min=args.n_min,
+        n_max=args.n_max,
+        alpha=args.alpha,
+        lr=args.lr,
+        seed=args.seed,
+        threads=args.threads,
+        device=args.device,
+        eval_every=args.eval_every,
+        model=model,
+    )
     train(cfg, args.out, progress=not args.no_progress)
     return 0
 
@@ -55,8 +74,10 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         est = est.adapt(args.adapt_steps)
     logp, score = est.logdensity_and_score(queries)
     np.savez(args.out, points=queries.numpy(), logdensity=logp.detach().numpy(), score=score.detach().numpy())
-    print(f"{type(est).__name__} on n={samples.shape[0]}, d={samples.shape[1]}: "
-          f"wrote logdensity {tuple(logp.shape)} and score {tuple(score.shape)} to {args.out}")
+    print(
+        f"{type(est).__name__} on n={samples.shape[0]}, d={samples.shape[1]}: "
+        f"wrote logdensity {tuple(logp.shape)} and score {tuple(score.shape)} to {args.out}"
+    )
     return 0
 
 
@@ -91,8 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-heads", type=int, default=None)
     p.add_argument("--d-ff", type=int, default=None)
     p.add_argument("--dropout", type=float, default=None)
-    p.add_argument("--kde-features", type=float, nargs="+", default=None,
-                   help="KDE input features and gated outputs at these multiples of Scott's bandwidth")
+    p.add_argument(
+        "--kde-features",
+        type=float,
+        nargs="+",
+        default=None,
+        help="KDE input features and gated outputs at these multiples of Scott's bandwidth",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_train)
 
@@ -105,12 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("estimate", help="log-density and score of your samples at your query points")
     p.add_argument("samples", help="samples, (n, d): .npy (no pickles), .csv or whitespace-separated text")
     p.add_argument("--queries", help="query points (m, d), same formats; default: the samples themselves")
-    p.add_argument("--estimator", default="auto", help="auto | transformer | kde | silverman-kde | sdkde | emp-sdkde")
+    p.add_argument(
+        "--estimator", default="auto", help="auto | transformer | kde | silverman-kde | sdkde | emp-sdkde"
+    )
     p.add_argument("--adapt-steps", type=int, default=0, help="test-time adaptation steps (transformer only)")
     p.add_argument("--out", default="estimate.npz", help="output .npz with points, logdensity, score")
     p.set_defaults(func=_cmd_estimate)
 
-    p = sub.add_parser("export", help="ship a training run's weights inside the package (sha256 + model card)")
+    p = sub.add_parser(
+        "export", help="ship a training run's weights inside the package (sha256 + model card)"
+    )
     p.add_argument("run", help="training run folder (with checkpoint.pt and log.jsonl)")
     p.add_argument("--name", required=True, help="model name, e.g. discoformer-d2")
     p.add_argument("--notes", help="a markdown file appended to the model card")

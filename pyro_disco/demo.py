@@ -21,8 +21,11 @@ def bimodal_2d(dtype: torch.dtype = torch.float64) -> GaussianMixture:
     """The demo's target: two tilted Gaussian blobs with weights 0.35 / 0.65."""
     c1 = torch.tensor([[0.6, 0.25], [0.25, 0.3]], dtype=dtype)
     c2 = torch.tensor([[0.3, -0.1], [-0.1, 0.5]], dtype=dtype)
-    return GaussianMixture(torch.tensor([0.35, 0.65], dtype=dtype),
-                           torch.tensor([[-1.5, 0.5], [1.2, -0.4]], dtype=dtype), torch.stack([c1, c2]))
+    return GaussianMixture(
+        torch.tensor([0.35, 0.65], dtype=dtype),
+        torch.tensor([[-1.5, 0.5], [1.2, -0.4]], dtype=dtype),
+        torch.stack([c1, c2]),
+    )
 
 
 def compare(target, samples: torch.Tensor, queries: torch.Tensor, estimators: list[str]) -> list[dict]:
@@ -34,10 +37,15 @@ def compare(target, samples: torch.Tensor, queries: torch.Tensor, estimators: li
         est = build_estimator(samples, name)
         logp, s = est.logdensity_and_score(queries)
         elapsed = time.perf_counter() - t0
-        rows.append({"estimator": name if name != "auto" else type(est).__name__,
-                     "rel_score_mse": float((s - true_s).square().sum() / true_s.square().sum()),
-                     "logdensity_mse": float((logp - true_logp).square().mean()),
-                     "seconds": elapsed, "object": est})
+        rows.append(
+            {
+                "estimator": name if name != "auto" else type(est).__name__,
+                "rel_score_mse": float((s - true_s).square().sum() / true_s.square().sum()),
+                "logdensity_mse": float((logp - true_logp).square().mean()),
+                "seconds": elapsed,
+                "object": est,
+            }
+        )
     return rows
 
 
@@ -74,7 +82,9 @@ def _plot(target, samples, rows, path: Path) -> Path | None:
     return path
 
 
-def run_demo(num_samples: int = 1024, num_queries: int = 2000, seed: int = 0, out: str | Path = "demo.png") -> list[dict]:
+def run_demo(
+    num_samples: int = 1024, num_queries: int = 2000, seed: int = 0, out: str | Path = "demo.png"
+) -> list[dict]:
     """Run the demo, print the table, save the figure; returns the table rows."""
     from pyro_disco.pretrained import available_dims
 
@@ -86,13 +96,22 @@ def run_demo(num_samples: int = 1024, num_queries: int = 2000, seed: int = 0, ou
     if 2 in available_dims():
         names = ["transformer", "sdkde"] + names
     rows = compare(target, samples, queries, names)
-    print(f"2-D bimodal Gaussian mixture, n = {num_samples} samples, {num_queries} query points from the target")
+    print(
+        f"2-D bimodal Gaussian mixture, n = {num_samples} samples, {num_queries} query points from the target"
+    )
     print(f"{'estimator':>16} | {'rel. score MSE':>14} | {'log-density MSE':>15} | {'seconds':>7}")
     print("-" * 64)
     for r in rows:
-        print(f"{r['estimator']:>16} | {100 * r['rel_score_mse']:13.2f}% | {r['logdensity_mse']:15.4f} | {r['seconds']:7.3f}")
+        print(
+            f"{r['estimator']:>16} | {100 * r['rel_score_mse']:13.2f}% | "
+            f"{r['logdensity_mse']:15.4f} | {r['seconds']:7.3f}"
+        )
     if 2 not in available_dims():
         print("(no pretrained 2-D DiScoFormer in this install: only the KDE family is shown)")
     path = _plot(target, samples, rows, Path(out))
-    print(f"figure saved to {path}" if path else "matplotlib is not installed: no figure (pip install 'pyro-disco[plot]')")
+    print(
+        f"figure saved to {path}"
+        if path
+        else "matplotlib is not installed: no figure (pip install 'pyro-disco[plot]')"
+    )
     return rows

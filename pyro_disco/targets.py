@@ -75,13 +75,12 @@ class GaussianMixture:
         flat_w = self.weights.reshape(-1, self.weights.shape[-1])
         comp = torch.multinomial(flat_w, num_samples, replacement=True, generator=generator)
         comp = comp.reshape(*batch, num_samples)  # *B n
-        eps = torch.randn(*batch, num_samples, self.dim, generator=generator, dtype=self.dtype,
-                          device=self.means.device)
+        eps = torch.randn(
+            *batch, num_samples, self.dim, generator=generator, dtype=self.dtype, device=self.means.device
+        )
         idx = comp.unsqueeze(-1)
         mu = torch.gather(self.means, -2, idx.expand(*batch, num_samples, self.dim))
-        chol = torch.gather(
-            self._chol, -3, idx.unsqueeze(-1).expand(*batch, num_samples, self.dim, self.dim)
-        )
+        chol = torch.gather(self._chol, -3, idx.unsqueeze(-1).expand(*batch, num_samples, self.dim, self.dim))
         return mu + (chol @ eps.unsqueeze(-1)).squeeze(-1)
 
 
@@ -116,6 +115,8 @@ class ExactDistribution:
 
     def sample(self, num_samples: int, *, generator: torch.Generator | None = None) -> Tensor:
         if generator is not None:
-            raise NotImplementedError("torch.distributions sample from the global RNG; seed with torch.manual_seed")
+            raise NotImplementedError(
+                "torch.distributions sample from the global RNG; seed with torch.manual_seed"
+            )
         x = self.distribution.sample((num_samples,))
         return x.unsqueeze(-1) if self._scalar else x

@@ -19,8 +19,11 @@ def _outputs(model, x, y):
 
 @pytest.fixture
 def data(generator):
-    x = torch.randn(200, 3, generator=generator, dtype=torch.float64) @ torch.tensor(
-        [[1.0, 0.4, 0.0], [0.0, 0.6, -0.3], [0.2, 0.0, 1.5]], dtype=torch.float64) + 0.7
+    x = (
+        torch.randn(200, 3, generator=generator, dtype=torch.float64)
+        @ torch.tensor([[1.0, 0.4, 0.0], [0.0, 0.6, -0.3], [0.2, 0.0, 1.5]], dtype=torch.float64)
+        + 0.7
+    )
     y = torch.randn(30, 3, generator=generator, dtype=torch.float64) * 1.5
     return x, y
 
@@ -94,8 +97,9 @@ def test_equivariance_table(random_model, data):
     errors["translation"] = max(_rel(lp, logp), _rel(sp, s))
     c = 3.7
     lp, sp = _outputs(model, x * c, y * c)  # f(cy) = f(y)/c^d, s(cy) = s(y)/c
-    errors["isotropic scaling"] = max(_rel(lp + 3 * torch.log(torch.tensor(c, dtype=torch.float64)), logp),
-                                      _rel(sp * c, s))
+    errors["isotropic scaling"] = max(
+        _rel(lp + 3 * torch.log(torch.tensor(c, dtype=torch.float64)), logp), _rel(sp * c, s)
+    )
     D = torch.tensor([0.3, 2.0, 5.0], dtype=torch.float64)
     lp, sp = _outputs(model, x * D, y * D)
     errors["anisotropic scaling"] = max(_rel(lp + D.log().sum(), logp), _rel(sp * D, s))
@@ -156,8 +160,9 @@ def test_kde_feature_model_starts_as_scott_kde(data):
     from pyro_disco.estimators.discoformer import DiScoFormer, DiScoFormerConfig
 
     x, y = data
-    model = DiScoFormer(DiScoFormerConfig(dim=3, d_model=32, num_layers=1, num_heads=4, d_ff=64,
-                                          kde_features=(0.5, 1.0, 2.0))).double()
+    model = DiScoFormer(
+        DiScoFormerConfig(dim=3, d_model=32, num_layers=1, num_heads=4, d_ff=64, kde_features=(0.5, 1.0, 2.0))
+    ).double()
     logp, s = DiScoFormerEstimator(model, x).logdensity_and_score(y)
     ref_logp, ref_s = GaussianKDE(x).logdensity_and_score(y)
     torch.testing.assert_close(logp, ref_logp, rtol=1e-6, atol=1e-6)  # ridge 1e-8 on the correlation

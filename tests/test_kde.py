@@ -16,7 +16,9 @@ ROUNDOFF = dict(rtol=1e-10, atol=1e-10)  # float64 arithmetic, different summati
 @pytest.mark.parametrize("rule", ["scott", "silverman", 0.7])
 @pytest.mark.parametrize("d", [1, 3])
 def test_kde_logdensity_matches_scipy(rule, d, generator):
-    x = torch.randn(400, d, generator=generator, dtype=torch.float64) @ torch.eye(d, dtype=torch.float64).add(0.3)
+    x = torch.randn(400, d, generator=generator, dtype=torch.float64) @ torch.eye(d, dtype=torch.float64).add(
+        0.3
+    )
     y = torch.randn(50, d, generator=generator, dtype=torch.float64) * 2
     ref = stats.gaussian_kde(x.numpy().T, bw_method=rule).logpdf(y.numpy().T)
     torch.testing.assert_close(GaussianKDE(x, rule).logdensity(y), torch.from_numpy(ref), **ROUNDOFF)
@@ -52,9 +54,11 @@ def test_bandwidth_rules():
 
 
 def _bimodal():
-    return GaussianMixture(torch.tensor([0.4, 0.6], dtype=torch.float64),
-                           torch.tensor([[-1.5], [1.5]], dtype=torch.float64),
-                           torch.tensor([[[0.5**2]], [[0.7**2]]], dtype=torch.float64))
+    return GaussianMixture(
+        torch.tensor([0.4, 0.6], dtype=torch.float64),
+        torch.tensor([[-1.5], [1.5]], dtype=torch.float64),
+        torch.tensor([[[0.5**2]], [[0.7**2]]], dtype=torch.float64),
+    )
 
 
 def test_sdkde_with_exact_score_beats_kde_mise():

@@ -78,7 +78,9 @@ def test_golden_outputs_of_shipped_weights(name):
     y = torch.randn(golden["m"], d, generator=g, dtype=torch.float64)
     logp, s = DiScoFormerEstimator(load_model(name), x).logdensity_and_score(y)
     # float32 network: reductions may be reordered across CPUs, nothing more
-    torch.testing.assert_close(logp, torch.tensor(golden["logdensity"], dtype=torch.float64), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        logp, torch.tensor(golden["logdensity"], dtype=torch.float64), rtol=1e-4, atol=1e-4
+    )
     torch.testing.assert_close(s, torch.tensor(golden["score"], dtype=torch.float64), rtol=1e-4, atol=1e-4)
 
 
@@ -90,8 +92,22 @@ def test_every_shipped_model_has_a_golden_file_and_a_model_card():
 
 def test_wheel_contains_and_loads_the_weights(tmp_path):
     """A wheel built from the repository ships the weights, and they load from the wheel."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("pyro_disco-*.whl")
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as zf:
@@ -100,8 +116,16 @@ def test_wheel_contains_and_loads_the_weights(tmp_path):
     assert "pyro_disco/pretrained/registry.json" in names
     for entry in json.loads((ROOT / "pyro_disco/pretrained/registry.json").read_text()).values():
         assert f"pyro_disco/pretrained/weights/{entry['file']}" in names
-    code = ("import torch, pyro_disco.pretrained as p; assert p.__file__.startswith(%r); "
-            "[p.load_model(d) for d in p.available_dims()]; print(p.available_dims())" % str(site))
-    out = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, cwd=tmp_path,
-                         capture_output=True, text=True, check=True)
+    code = (
+        f"import torch, pyro_disco.pretrained as p; assert p.__file__.startswith({str(site)!r}); "
+        "[p.load_model(d) for d in p.available_dims()]; print(p.available_dims())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == str(available_dims())

@@ -5,8 +5,8 @@ import json
 import torch
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
-from pyro_disco.estimators.whitening import fit_whitening
 from pyro_disco.estimators.discoformer import DiScoFormer
+from pyro_disco.estimators.whitening import fit_whitening
 from pyro_disco.training import TrainConfig, random_mixtures, random_rotation, sample_task, task_loss, train
 from pyro_disco.training.train import CHECKPOINT
 
@@ -18,8 +18,10 @@ def test_mixture_matches_torch_distributions_and_autograd(generator):
     x = mix.sample(50, generator=generator)  # 3 50 4
     logp, score = mix.logdensity_and_score(x)  # 3 50, 3 50 4
     for b in range(3):
-        ref = MixtureSameFamily(Categorical(probs=mix.weights[b]),
-                                MultivariateNormal(mix.means[b], covariance_matrix=mix.covariances[b]))
+        ref = MixtureSameFamily(
+            Categorical(probs=mix.weights[b]),
+            MultivariateNormal(mix.means[b], covariance_matrix=mix.covariances[b]),
+        )
         xb = x[b].clone().requires_grad_(True)
         logp_ref = ref.log_prob(xb)
         (score_ref,) = torch.autograd.grad(logp_ref.sum(), xb)
@@ -29,8 +31,9 @@ def test_mixture_matches_torch_distributions_and_autograd(generator):
 
 def test_rotations_are_orthogonal(generator):
     q = random_rotation(5, 3, generator=generator)
-    torch.testing.assert_close(q @ q.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(5, 3, 3),
-                               **ROUNDOFF)
+    torch.testing.assert_close(
+        q @ q.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(5, 3, 3), **ROUNDOFF
+    )
 
 
 def test_mixture_parameters_follow_the_recipe(generator):
@@ -46,8 +49,9 @@ def test_task_targets_are_whitened_exact_values(generator):
     t = sample_task(2, 3, 100, 20, generator=generator)
     # Whitened context has identity covariance and zero mean.
     xc = t.context - t.context.mean(1, keepdim=True)
-    torch.testing.assert_close(xc.transpose(1, 2) @ xc / 99, torch.eye(3, dtype=torch.float64).expand(2, 3, 3),
-                               rtol=0, atol=1e-6)  # the whitening's 1e-8 ridge
+    torch.testing.assert_close(
+        xc.transpose(1, 2) @ xc / 99, torch.eye(3, dtype=torch.float64).expand(2, 3, 3), rtol=0, atol=1e-6
+    )  # the whitening's 1e-8 ridge
     assert t.off_support[:, -5:].all() and not t.off_support[:, :15].any()
     assert torch.isfinite(t.query_score).all()
 
@@ -67,9 +71,19 @@ def test_whitened_targets_follow_the_change_of_variables(generator):
 
 
 def _tiny(tmp_path, steps):
-    return TrainConfig(dim=2, steps=steps, tokens_per_step=512, n_min=64, n_max=128, num_queries=32,
-                       checkpoint_every=5, eval_every=1000, lr=2e-3, warmup=5,
-                       model=dict(d_model=32, num_layers=2, num_heads=4, d_ff=64))
+    return TrainConfig(
+        dim=2,
+        steps=steps,
+        tokens_per_step=512,
+        n_min=64,
+        n_max=128,
+        num_queries=32,
+        checkpoint_every=5,
+        eval_every=1000,
+        lr=2e-3,
+        warmup=5,
+        model=dict(d_model=32, num_layers=2, num_heads=4, d_ff=64),
+    )
 
 
 def _log(path):
@@ -115,4 +129,6 @@ def test_kill_and_resume_continues_the_same_stream(tmp_path, monkeypatch):
     assert [r["step"] for r in b] == list(range(1, 13))
     assert [r["n"] for r in a] == [r["n"] for r in b]  # same task stream after the restart
     for ra, rb in zip(a, b):
-        assert abs(ra["loss"] - rb["loss"]) <= 1e-5 * abs(ra["loss"]), [(r["loss"], q["loss"]) for r, q in zip(a, b)]
+        assert abs(ra["loss"] - rb["loss"]) <= 1e-5 * abs(ra["loss"]), [
+            (r["loss"], q["loss"]) for r, q in zip(a, b)
+        ]

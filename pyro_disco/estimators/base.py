@@ -13,7 +13,8 @@ interchangeable.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -52,7 +53,9 @@ def as_logdensity_fn(obj) -> Callable[[Tensor], Tensor]:
         return obj.logdensity
     if callable(obj):
         return obj
-    raise TypeError(f"expected a log-density function or an object with .logdensity(x), got {type(obj).__name__}")
+    raise TypeError(
+        f"expected a log-density function or an object with .logdensity(x), got {type(obj).__name__}"
+    )
 
 
 class SampleEstimator:

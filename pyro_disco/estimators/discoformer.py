@@ -46,7 +46,9 @@ class DiScoFormerConfig:
 
     def __post_init__(self):
         if self.dim < 1 or self.d_model % self.num_heads:
-            raise ValueError(f"invalid config: dim={self.dim}, d_model={self.d_model}, heads={self.num_heads}")
+            raise ValueError(
+                f"invalid config: dim={self.dim}, d_model={self.d_model}, heads={self.num_heads}"
+            )
         object.__setattr__(self, "kde_features", tuple(float(c) for c in self.kde_features))
         if self.kde_features and not self.residual:
             raise ValueError("kde_features need residual=True (they are gated corrections to the Gaussian)")
@@ -67,8 +69,9 @@ class EncodedContext(NamedTuple):
     features: tuple[Tensor, Tensor] | None
 
 
-def kde_features(y: Tensor, context: Tensor, bandwidths: list[float], *, block_size: int = 1024
-                 ) -> tuple[Tensor, Tensor]:
+def kde_features(
+    y: Tensor, context: Tensor, bandwidths: list[float], *, block_size: int = 1024
+) -> tuple[Tensor, Tensor]:
     r"""Isotropic Gaussian KDEs of the (whitened) ``context`` ``(B, n, d)`` at ``y`` ``(B, m, d)``
     for each bandwidth, as corrections over the standard normal: log-densities
     :math:`\log\hat f_h(y) - \log\varphi(y)` ``(B, m, K)`` and scores :math:`\hat s_h(y) + y`
@@ -78,7 +81,9 @@ def kde_features(y: Tensor, context: Tensor, bandwidths: list[float], *, block_s
     c_sq = context.square().sum(-1).unsqueeze(-2)  # B 1 n
     logs, scores = [], []
     for yb in y.split(block_size, dim=1):
-        sq = (yb.square().sum(-1, keepdim=True) + c_sq - 2 * yb @ context.transpose(-1, -2)).clamp_min(0)  # B b n
+        sq = (yb.square().sum(-1, keepdim=True) + c_sq - 2 * yb @ context.transpose(-1, -2)).clamp_min(
+            0
+        )  # B b n
         gauss = -0.5 * yb.square().sum(-1)  # B b (the 2π terms cancel below)
         lb, sb = [], []
         for h in bandwidths:
@@ -98,9 +103,7 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, block_size: int) -> Tensor:
     q, k and v share the head width, which keeps PyTorch on its fused CPU kernel."""
     if q.shape[-2] <= block_size:
         return F.scaled_dot_product_attention(q, k, v)
-    return torch.cat(
-        [F.scaled_dot_product_attention(qb, k, v) for qb in q.split(block_size, dim=-2)], dim=-2
-    )
+    return torch.cat([F.scaled_dot_product_attention(qb, k, v) for qb in q.split(block_size, dim=-2)], dim=-2)
 
 
 class Block(nn.Module):
@@ -113,7 +116,9 @@ class Block(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.ffn = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, cfg.d_model))
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, cfg.d_model)
+        )
         self.drop = nn.Dropout(cfg.dropout)
 
     def _heads(self, t: Tensor) -> Tensor:

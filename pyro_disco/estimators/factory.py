@@ -30,7 +30,9 @@ def resolve_estimator(samples: Tensor, estimator="auto", **estimator_kwargs):
     if not isinstance(estimator, str):
         for attr in ("logdensity", "score"):
             if not callable(getattr(estimator, attr, None)):
-                raise TypeError(f"estimator object must have a callable .{attr}(x); got {type(estimator).__name__}")
+                raise TypeError(
+                    f"estimator object must have a callable .{attr}(x); got {type(estimator).__name__}"
+                )
         if getattr(estimator, "dim", samples.shape[-1]) != samples.shape[-1]:
             raise ValueError(f"estimator has dim={estimator.dim} but the samples have d={samples.shape[-1]}")
         return estimator, "custom"
@@ -53,7 +55,8 @@ def resolve_estimator(samples: Tensor, estimator="auto", **estimator_kwargs):
     if score is None:
         if not has_model:
             raise ValueError(
-                f"estimator='sdkde' needs a score for the shift and no pretrained model covers d={x.shape[1]}: "
+                "estimator='sdkde' needs a score for the shift and no pretrained model covers "
+                f"d={x.shape[1]}: "
                 "pass score=<estimator or score_fn>, or use 'emp-sdkde' (the KDE's own score)"
             )
         score = pretrained_estimator(x)

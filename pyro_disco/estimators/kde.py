@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from pyro_disco._validation import DegenerateSamplesError, as_samples
-from pyro_disco.estimators.base import ScoreLike, SampleEstimator, as_score_fn
+from pyro_disco.estimators.base import SampleEstimator, ScoreLike, as_score_fn
 
 __all__ = ["GaussianKDE", "SDKDE", "EmpSDKDE", "bandwidth_factor"]
 
@@ -24,7 +24,7 @@ _BLOCK_ELEMENTS = 1 << 22  # queries x samples per block: 32 MB of float64 dista
 
 
 def bandwidth_factor(rule: str | float, n: int, d: int) -> float:
-    """The factor multiplying ``Cov(X)^{1/2}``: ``"scott"`` :math:`n^{-1/(d+4)}`,
+    r"""The factor multiplying ``Cov(X)^{1/2}``: ``"scott"`` :math:`n^{-1/(d+4)}`,
     ``"silverman"`` :math:`(n(d+2)/4)^{-1/(d+4)}`, ``"sd"`` :math:`0.4\,n^{-1/(d+8)}`
     (the SD-KDE rule), or a number used as is."""
     if isinstance(rule, (int, float)):
@@ -66,8 +66,14 @@ class GaussianKDE(SampleEstimator):
         torch.Size([3, 2])
     """
 
-    def __init__(self, samples: Tensor, bandwidth: str | float = "scott", *,
-                 covariance: Tensor | float | None = None, block_size: int | None = None):
+    def __init__(
+        self,
+        samples: Tensor,
+        bandwidth: str | float = "scott",
+        *,
+        covariance: Tensor | float | None = None,
+        block_size: int | None = None,
+    ):
         x = as_samples(samples)
         n, d = x.shape
         self.samples, self.dim, self.dtype, self.device = x, d, x.dtype, x.device
@@ -140,8 +146,15 @@ class SDKDE(GaussianKDE):
         covariance: explicit kernel covariance, overriding ``bandwidth``.
     """
 
-    def __init__(self, samples: Tensor, score: ScoreLike, bandwidth: str | float = "sd", *,
-                 covariance: Tensor | float | None = None, block_size: int | None = None):
+    def __init__(
+        self,
+        samples: Tensor,
+        score: ScoreLike,
+        bandwidth: str | float = "sd",
+        *,
+        covariance: Tensor | float | None = None,
+        block_size: int | None = None,
+    ):
         x = as_samples(samples)
         cov = covariance
         if cov is None:
@@ -149,14 +162,18 @@ class SDKDE(GaussianKDE):
             cov = _sample_covariance(x.double()) * factor**2
             if x.shape[1] == 1:
                 q = torch.quantile(x.double().squeeze(-1), torch.tensor([0.25, 0.75], dtype=torch.float64))
-                robust = min(cov.new_tensor(1.0).item(), ((q[1] - q[0]) / 1.34).item() ** 2 / max(
-                    _sample_covariance(x.double()).item(), 1e-300))
+                robust = min(
+                    cov.new_tensor(1.0).item(),
+                    ((q[1] - q[0]) / 1.34).item() ** 2 / max(_sample_covariance(x.double()).item(), 1e-300),
+                )
                 cov = cov * robust
         # Build the plain KDE first (for the kernel matrix), then replace the centres.
         super().__init__(x, bandwidth, covariance=cov, block_size=block_size)
         shift = as_score_fn(score)(x.detach())
         if shift.shape != x.shape:
-            raise ValueError(f"score at the samples must have shape {tuple(x.shape)}, got {tuple(shift.shape)}")
+            raise ValueError(
+                f"score at the samples must have shape {tuple(x.shape)}, got {tuple(shift.shape)}"
+            )
         shifted = x.detach() + 0.5 * shift.to(x.dtype) @ self.covariance.T
         self.shifted_samples = shifted  # n d
         self._u = torch.linalg.solve_triangular(self._chol, shifted.T, upper=False).T
@@ -166,8 +183,16 @@ class SDKDE(GaussianKDE):
 class EmpSDKDE(SDKDE):
     """SD-KDE whose shift uses the KDE's own score at the same bandwidth (Emp-SD-KDE)."""
 
-    def __init__(self, samples: Tensor, bandwidth: str | float = "sd", *,
-                 covariance: Tensor | float | None = None, block_size: int | None = None):
+    def __init__(
+        self,
+        samples: Tensor,
+        bandwidth: str | float = "sd",
+        *,
+        covariance: Tensor | float | None = None,
+        block_size: int | None = None,
+    ):
         x = as_samples(samples)
-        plain = SDKDE(x, lambda z: torch.zeros_like(z), bandwidth, covariance=covariance, block_size=block_size)
+        plain = SDKDE(
+            x, lambda z: torch.zeros_like(z), bandwidth, covariance=covariance, block_size=block_size
+        )
         super().__init__(x, plain.score, covariance=plain.covariance, block_size=block_size)

@@ -45,11 +45,14 @@ class DiScoFormerEstimator(SampleEstimator):
     returned when ``score`` is called with the very ``samples`` tensor.
     """
 
-    def __init__(self, model: DiScoFormer, samples: Tensor, *, block_size: int = 2048, query_block: int = 8192):
+    def __init__(
+        self, model: DiScoFormer, samples: Tensor, *, block_size: int = 2048, query_block: int = 8192
+    ):
         x = as_samples(samples)
         if x.shape[1] != model.config.dim:
             raise ValueError(
-                f"this DiScoFormer was trained for d={model.config.dim}, but the samples have d={x.shape[1]}; "
+                f"this DiScoFormer was trained for d={model.config.dim}, "
+                f"but the samples have d={x.shape[1]}; "
                 "use a model for that dimension (pyro_disco.pretrained.available_dims()) or a KDE"
             )
         param = next(model.parameters())
@@ -96,10 +99,17 @@ class DiScoFormerEstimator(SampleEstimator):
             self._at_samples = self._map_back(lf[0], sc[0])
         return self._at_samples
 
-    def adapt(self, num_steps: int = 4, step_size: float = 1e-4, *, num_queries: int = 512,
-              generator: torch.Generator | None = None) -> DiScoFormerEstimator:
+    def adapt(
+        self,
+        num_steps: int = 4,
+        step_size: float = 1e-4,
+        *,
+        num_queries: int = 512,
+        generator: torch.Generator | None = None,
+    ) -> DiScoFormerEstimator:
         r"""Test-time adaptation: a few Adam steps on a *copy* of the weights that lower the
-        label-free consistency loss :math:`\frac1m\sum_i \|s_\theta(x_i) - \nabla_{x_i} \log f_\theta(x_i)\|^2`
+        label-free consistency loss
+        :math:`\frac1m\sum_i \|s_\theta(x_i) - \nabla_{x_i} \log f_\theta(x_i)\|^2`
         at (a subset of) the samples, the context held fixed (DiScoFormer §4, TTA).
 
         Returns a new estimator; this one and the shared pretrained weights are unchanged.
@@ -123,18 +133,25 @@ class DiScoFormerEstimator(SampleEstimator):
             losses.append(float(loss.detach()))
         for p in model.parameters():
             p.requires_grad_(False)
-        adapted = DiScoFormerEstimator(model, self.samples, block_size=self.block_size, query_block=self.query_block)
+        adapted = DiScoFormerEstimator(
+            model, self.samples, block_size=self.block_size, query_block=self.query_block
+        )
         adapted.adaptation_losses = losses
         return adapted
 
     def consistency(self, num_queries: int = 512) -> float:
         """The consistency loss of the current weights at (the first ``num_queries``) samples."""
         with torch.enable_grad():
-            return float(consistency_loss(self.model, self._context, self._context[:, :num_queries],
-                                          block_size=self.block_size).detach())
+            return float(
+                consistency_loss(
+                    self.model, self._context, self._context[:, :num_queries], block_size=self.block_size
+                ).detach()
+            )
 
 
-def consistency_loss(model: DiScoFormer, context: Tensor, queries: Tensor, *, block_size: int = 2048) -> Tensor:
+def consistency_loss(
+    model: DiScoFormer, context: Tensor, queries: Tensor, *, block_size: int = 2048
+) -> Tensor:
     """Mean squared gap between the score head and the gradient of the log-density head, at
     whitened ``queries`` ``(B, m, d)`` given whitened ``context`` ``(B, n, d)``."""
     y = queries.detach().requires_grad_(True)

@@ -23,8 +23,15 @@ from torch import Tensor
 
 from pyro_disco.estimators.discoformer import DiScoFormer, DiScoFormerConfig
 
-__all__ = ["available_dims", "available_models", "load_model", "load_weights", "save_weights",
-           "pretrained_estimator", "WEIGHTS_DIR"]
+__all__ = [
+    "available_dims",
+    "available_models",
+    "load_model",
+    "load_weights",
+    "save_weights",
+    "pretrained_estimator",
+    "WEIGHTS_DIR",
+]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 _REGISTRY_FILE = Path(__file__).resolve().parent / "registry.json"
@@ -62,7 +69,9 @@ def load_weights(path: str | Path, sha256: str | None = None) -> DiScoFormer:
     if sha256 is not None:
         actual = sha256_file(path)
         if actual != sha256:
-            raise ValueError(f"sha256 mismatch for {path}: expected {sha256}, got {actual}; the file was modified")
+            raise ValueError(
+                f"sha256 mismatch for {path}: expected {sha256}, got {actual}; the file was modified"
+            )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if "state_dict" in state:
         config, weights = state["config"], state["state_dict"]
@@ -80,9 +89,11 @@ def load_weights(path: str | Path, sha256: str | None = None) -> DiScoFormer:
 
 def save_weights(model: DiScoFormer, path: str | Path, metadata: dict | None = None) -> str:
     """Write ``model`` (config + float32 weights + metadata) and return the file's sha256."""
-    state = {"config": model.config.to_dict(),
-             "state_dict": {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()},
-             "metadata": dict(metadata or {})}
+    state = {
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()},
+        "metadata": dict(metadata or {}),
+    }
     torch.save(state, path)
     return sha256_file(path)
 

@@ -17,7 +17,17 @@ def train_command(cfg: TrainConfig, out: str) -> str:
     """The ``pyro-disco train`` command line that reproduces ``cfg``."""
     default = TrainConfig(dim=cfg.dim)
     flags = [f"--dim {cfg.dim}", f"--out {out}"]
-    for name in ("steps", "tokens_per_step", "n_min", "n_max", "alpha", "lr", "seed", "threads", "eval_every"):
+    for name in (
+        "steps",
+        "tokens_per_step",
+        "n_min",
+        "n_max",
+        "alpha",
+        "lr",
+        "seed",
+        "threads",
+        "eval_every",
+    ):
         value = getattr(cfg, name)
         if value != getattr(default, name) or name == "steps":
             flags.append(f"--{name.replace('_', '-')} {value}")
@@ -27,8 +37,14 @@ def train_command(cfg: TrainConfig, out: str) -> str:
     return "pyro-disco train " + " ".join(flags)
 
 
-def export_run(run_dir: str | Path, name: str, *, weights_dir: str | Path | None = None,
-               registry: str | Path | None = None, notes: str = "") -> dict:
+def export_run(
+    run_dir: str | Path,
+    name: str,
+    *,
+    weights_dir: str | Path | None = None,
+    registry: str | Path | None = None,
+    notes: str = "",
+) -> dict:
     """Export ``run_dir/checkpoint.pt`` as ``<weights_dir>/<name>.pt`` (float32 weights + config),
     record its sha256 in the registry and write a model card ``<name>.md`` beside it."""
     from pyro_disco.pretrained import _REGISTRY_FILE, WEIGHTS_DIR, load_weights, save_weights
@@ -42,37 +58,45 @@ def export_run(run_dir: str | Path, name: str, *, weights_dir: str | Path | None
     model = load_weights(run_dir / CHECKPOINT)
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
     evals = [r for r in log if any(k.startswith("rel_score") for k in r)]
-    meta = {"name": name, "steps": int(state["step"]), "wall_time_s": float(state["elapsed"]),
-            "command": train_command(cfg, str(run_dir)), "seed": cfg.seed,
-            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}, "
-                       f"{cfg.threads or torch.get_num_threads()} thread(s)",
-            "validation": {k: v for k, v in (evals[-1] if evals else {}).items()
-                           if k.startswith(("rel_score", "logdens"))}}
+    meta = {
+        "name": name,
+        "steps": int(state["step"]),
+        "wall_time_s": float(state["elapsed"]),
+        "command": train_command(cfg, str(run_dir)),
+        "seed": cfg.seed,
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}, "
+        f"{cfg.threads or torch.get_num_threads()} thread(s)",
+        "validation": {
+            k: v for k, v in (evals[-1] if evals else {}).items() if k.startswith(("rel_score", "logdens"))
+        },
+    }
     file = f"{name}.pt"
     sha = save_weights(model, weights_dir / file, meta)
     entries = json.loads(registry.read_text()) if registry.exists() else {}
     entries[name] = {"file": file, "sha256": sha, "dim": cfg.dim}
     registry.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
     curve = "\n".join(
-        f"| {r['step']} | {r['elapsed_s']:.0f} | " + " | ".join(f"{100 * r[k]:.1f}" for k in sorted(r)
-                                                            if k.startswith("rel_score_n")) + " |"
-        for r in evals)
+        f"| {r['step']} | {r['elapsed_s']:.0f} | "
+        + " | ".join(f"{100 * r[k]:.1f}" for k in sorted(r) if k.startswith("rel_score_n"))
+        + " |"
+        for r in evals
+    )
     n_cols = " | ".join(k for k in sorted(evals[-1]) if k.startswith("rel_score_n")) if evals else ""
     card = f"""# {name}
 
 DiScoFormer for d = {cfg.dim} (arXiv:2511.05924), trained on random Gaussian mixtures on CPU.
 
 - Architecture: {model.config.to_dict()} ({sum(p.numel() for p in model.parameters()):,} parameters)
-- Command: `{meta['command']}`
-- Seed: {cfg.seed}; steps: {meta['steps']}; wall time: {meta['wall_time_s'] / 60:.1f} min
-- Machine: {meta['machine']}
-- Training recipe: {json.dumps({k: v for k, v in state['train_config'].items() if k != 'model'})}
+- Command: `{meta["command"]}`
+- Seed: {cfg.seed}; steps: {meta["steps"]}; wall time: {meta["wall_time_s"] / 60:.1f} min
+- Machine: {meta["machine"]}
+- Training recipe: {json.dumps({k: v for k, v in state["train_config"].items() if k != "model"})}
 - sha256: `{sha}`
 
 ## Learning curve (validation: 16 held-out mixtures, relative score MSE in whitened space, %)
 
 | step | seconds | {n_cols} |
-|---|---|{'---|' * len(n_cols.split(' | ')) if n_cols else ''}
+|---|---|{"---|" * len(n_cols.split(" | ")) if n_cols else ""}
 {curve}
 
 {notes}

@@ -22,17 +22,24 @@ from pyro_disco.targets import GaussianMixture
 __all__ = ["random_rotation", "random_mixtures", "MixtureTask", "sample_task", "log_uniform_int"]
 
 
-def random_rotation(batch: int, dim: int, *, generator: torch.Generator | None = None,
-                    dtype: torch.dtype = torch.float64) -> Tensor:
+def random_rotation(
+    batch: int, dim: int, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
+) -> Tensor:
     """Haar-distributed orthogonal matrices ``(batch, d, d)`` (QR with the sign fix)."""
     g = torch.randn(batch, dim, dim, generator=generator, dtype=dtype)
     q, r = torch.linalg.qr(g)
     return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
 
 
-def random_mixtures(batch: int, dim: int, *, k_range: tuple[int, int] = (1, 10),
-                    mean_range: float = 3.0, scale_range: tuple[float, float] = (0.2, 1.0),
-                    generator: torch.Generator | None = None) -> GaussianMixture:
+def random_mixtures(
+    batch: int,
+    dim: int,
+    *,
+    k_range: tuple[int, int] = (1, 10),
+    mean_range: float = 3.0,
+    scale_range: tuple[float, float] = (0.2, 1.0),
+    generator: torch.Generator | None = None,
+) -> GaussianMixture:
     """A batch of ``batch`` random mixtures in ``d`` dimensions (padded to ``k_max`` components
     with zero weight)."""
     k_lo, k_hi = k_range
@@ -72,9 +79,16 @@ class MixtureTask(NamedTuple):
     off_support: Tensor
 
 
-def sample_task(batch: int, dim: int, num_samples: int, num_queries: int, *,
-                off_support_fraction: float = 0.25, generator: torch.Generator | None = None,
-                **mixture_kwargs) -> MixtureTask:
+def sample_task(
+    batch: int,
+    dim: int,
+    num_samples: int,
+    num_queries: int,
+    *,
+    off_support_fraction: float = 0.25,
+    generator: torch.Generator | None = None,
+    **mixture_kwargs,
+) -> MixtureTask:
     """Draw ``batch`` mixtures, ``num_samples`` context points each, and ``num_queries`` queries
     (a fraction ``off_support_fraction`` from an independent mixture, the rest fresh from the
     context's own mixture)."""
@@ -82,13 +96,16 @@ def sample_task(batch: int, dim: int, num_samples: int, num_queries: int, *,
     other = random_mixtures(batch, dim, generator=generator, **mixture_kwargs)
     x = mix.sample(num_samples, generator=generator)  # B n d
     m_off = int(round(off_support_fraction * num_queries))
-    y = torch.cat([mix.sample(num_queries - m_off, generator=generator),
-                   other.sample(m_off, generator=generator)], dim=1)  # B m d
+    y = torch.cat(
+        [mix.sample(num_queries - m_off, generator=generator), other.sample(m_off, generator=generator)],
+        dim=1,
+    )  # B m d
     off = torch.zeros(batch, num_queries, dtype=torch.bool)
-    off[:, num_queries - m_off:] = True
+    off[:, num_queries - m_off :] = True
     w = fit_whitening(x)
     lx, sx = mix.logdensity_and_score(x)
     ly, sy = mix.logdensity_and_score(y)
     shift = w.logabsdet.unsqueeze(-1)
-    return MixtureTask(w.apply(x), lx - shift, w.score_forward(sx),
-                       w.apply(y), ly - shift, w.score_forward(sy), off)
+    return MixtureTask(
+        w.apply(x), lx - shift, w.score_forward(sx), w.apply(y), ly - shift, w.score_forward(sy), off
+    )

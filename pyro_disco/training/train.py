@@ -82,20 +82,33 @@ def task_loss(model: DiScoFormer, task: MixtureTask, alpha: float) -> tuple[Tens
     off = task.off_support
     w_l = torch.where(off, 1.0 / (1.0 + (task.query_logdensity - gauss).square() / 4.0), 1.0).to(dtype)
     w_s = torch.where(off, 1.0 / (1.0 + task.query_score.square().mean(-1)), 1.0).to(dtype)
-    err_l = torch.cat([(lx - task.context_logdensity.to(dtype)).square(),
-                       (ly - task.query_logdensity.to(dtype)).square() * w_l], dim=1)
-    err_s = torch.cat([(sx - task.context_score.to(dtype)).square().mean(-1),
-                       (sy - task.query_score.to(dtype)).square().mean(-1) * w_s], dim=1)
+    err_l = torch.cat(
+        [
+            (lx - task.context_logdensity.to(dtype)).square(),
+            (ly - task.query_logdensity.to(dtype)).square() * w_l,
+        ],
+        dim=1,
+    )
+    err_s = torch.cat(
+        [
+            (sx - task.context_score.to(dtype)).square().mean(-1),
+            (sy - task.query_score.to(dtype)).square().mean(-1) * w_s,
+        ],
+        dim=1,
+    )
     loss_l, loss_s = err_l.mean(), err_s.mean()
     loss = alpha * loss_l + (1 - alpha) * loss_s
     return loss, {"logdensity": float(loss_l.detach()), "score": float(loss_s.detach())}
 
 
-def validation_tasks(dim: int, sizes=(256, 1024), *, num_sets: int = 16, num_queries: int = 256,
-                     seed: int = 2**31 - 7) -> dict[int, MixtureTask]:
+def validation_tasks(
+    dim: int, sizes=(256, 1024), *, num_sets: int = 16, num_queries: int = 256, seed: int = 2**31 - 7
+) -> dict[int, MixtureTask]:
     """A fixed validation set (its own seed, disjoint from training seeds), on-support queries only."""
     g = torch.Generator().manual_seed(seed + dim)
-    return {n: sample_task(num_sets, dim, n, num_queries, off_support_fraction=0.0, generator=g) for n in sizes}
+    return {
+        n: sample_task(num_sets, dim, n, num_queries, off_support_fraction=0.0, generator=g) for n in sizes
+    }
 
 
 @torch.no_grad()
@@ -109,10 +122,13 @@ def evaluate(model: DiScoFormer, tasks: dict[int, MixtureTask]) -> dict[str, flo
         enc = model.encode(t.context.to(dtype))
         lx, sx = model.at_context(t.context.to(dtype), enc)
         ly, sy = model.query(enc, t.queries.to(dtype))
-        out[f"rel_score_n{n}"] = float((sy.double() - t.query_score).square().sum() / t.query_score.square().sum())
+        out[f"rel_score_n{n}"] = float(
+            (sy.double() - t.query_score).square().sum() / t.query_score.square().sum()
+        )
         out[f"logdens_n{n}"] = float((ly.double() - t.query_logdensity).square().mean())
         out[f"rel_score_at_samples_n{n}"] = float(
-            (sx.double() - t.context_score).square().sum() / t.context_score.square().sum())
+            (sx.double() - t.context_score).square().sum() / t.context_score.square().sum()
+        )
     model.train(was_training)
     return out
 
@@ -161,9 +177,18 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Di
     log = open(out / "log.jsonl", "a", buffering=1)
 
     def checkpoint():
-        _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen_state,
-                          "step": step, "elapsed": elapsed, "train_config": asdict(cfg),
-                          "model_config": cfg.model_config().to_dict()})
+        _save(
+            ckpt_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "generator": gen_state,
+                "step": step,
+                "elapsed": elapsed,
+                "train_config": asdict(cfg),
+                "model_config": cfg.model_config().to_dict(),
+            },
+        )
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
@@ -177,8 +202,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Di
             t0 = time.perf_counter()
             n = log_uniform_int(cfg.n_min, cfg.n_max, generator=gen)
             batch = max(1, cfg.tokens_per_step // n)
-            task = sample_task(batch, cfg.dim, n, cfg.num_queries, off_support_fraction=cfg.off_support_fraction,
-                               generator=gen)
+            task = sample_task(
+                batch,
+                cfg.dim,
+                n,
+                cfg.num_queries,
+                off_support_fraction=cfg.off_support_fraction,
+                generator=gen,
+            )
             task = MixtureTask(*(t.to(device) for t in task))
             for group in opt.param_groups:
                 group["lr"] = _lr(cfg, step)
@@ -196,8 +227,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Di
             step += 1
             gen_state = gen.get_state()
             elapsed += time.perf_counter() - t0
-            record = {"step": step, "n": n, "loss": float(loss.detach()), **parts, "grad_norm": float(gnorm),
-                      "lr": _lr(cfg, step - 1), "elapsed_s": round(elapsed, 2)}
+            record = {
+                "step": step,
+                "n": n,
+                "loss": float(loss.detach()),
+                **parts,
+                "grad_norm": float(gnorm),
+                "lr": _lr(cfg, step - 1),
+                "elapsed_s": round(elapsed, 2),
+            }
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 record.update(evaluate(model, val))
             log.write(json.dumps(record) + "\n")
