@@ -75,7 +75,7 @@ class DiScoFormerEstimator(SampleEstimator):
         return logf.to(self.dtype), self.whitening.score_back(score_w).to(self.dtype)
 
     def _logdensity_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if x is self.samples and not x.requires_grad:
+        if self._is_samples(x):
             return self.at_samples()
         y = self.whitening.apply(x).to(self._net_dtype).unsqueeze(0)  # 1 m d
         logs, scores = [], []
@@ -84,6 +84,16 @@ class DiScoFormerEstimator(SampleEstimator):
             logs.append(lf[0])
             scores.append(sc[0])
         return self._map_back(torch.cat(logs), torch.cat(scores))
+
+    def _is_samples(self, x: Tensor) -> bool:
+        """``x`` is the samples tensor itself (or a detached view of it) and needs no gradient."""
+        s = self.samples
+        return (
+            not x.requires_grad
+            and x.shape == s.shape
+            and x.stride() == s.stride()
+            and x.data_ptr() == s.data_ptr()
+        )
 
     def _logdensity(self, x: Tensor) -> Tensor:
         return self._logdensity_and_score(x)[0]
