@@ -174,7 +174,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Di
         step, elapsed = int(state["step"]), float(state["elapsed"])
     val = validation_tasks(cfg.dim)
     gen_state = gen.get_state()  # the RNG at the start of the next step: an interrupted step is redone
-    log = open(out / "log.jsonl", "a", buffering=1)
+    log_path = out / "log.jsonl"
+    if log_path.exists():  # drop records of steps after the checkpoint: they are redone
+        kept = [
+            line
+            for line in log_path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step
+        ]
+        log_path.write_text("".join(line + "\n" for line in kept))
+    log = open(log_path, "a", buffering=1)
 
     def checkpoint():
         _save(
