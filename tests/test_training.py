@@ -132,3 +132,13 @@ def test_kill_and_resume_continues_the_same_stream(tmp_path, monkeypatch):
         assert abs(ra["loss"] - rb["loss"]) <= 1e-5 * abs(ra["loss"]), [
             (r["loss"], q["loss"]) for r, q in zip(a, b)
         ]
+
+
+def test_resume_after_a_hard_kill_drops_the_lost_steps_from_the_log(tmp_path):
+    """SIGKILL gives no final checkpoint: steps logged after the last checkpoint are redone,
+    and the log keeps one record per step."""
+    train(_tiny(tmp_path, 6), tmp_path, progress=False)
+    with open(tmp_path / "log.jsonl", "a") as f:  # what a killed run leaves behind
+        f.write(json.dumps({"step": 7, "n": 1, "loss": 0.0}) + "\n")
+    train(_tiny(tmp_path, 8), tmp_path, progress=False)
+    assert [r["step"] for r in _log(tmp_path)] == list(range(1, 9))
