@@ -85,7 +85,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from pyro_disco.training.export import export_run
 
     notes = open(args.notes).read() if args.notes else ""
-    info = export_run(args.run, args.name, notes=notes)
+    info = export_run(args.run, args.name, notes=notes, auto=not args.not_default)
     print(f"wrote {info['file']} (sha256 {info['sha256']}), {info['steps']} steps")
     return 0
 
@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="training run folder (with checkpoint.pt and log.jsonl)")
     p.add_argument("--name", required=True, help="model name, e.g. discoformer-d2")
     p.add_argument("--notes", help="a markdown file appended to the model card")
+    p.add_argument(
+        "--not-default",
+        action="store_true",
+        help="ship it, but let estimator='auto' keep Scott's KDE for this d (the benchmark says KDE wins)",
+    )
     p.set_defaults(func=_cmd_export)
     return parser
 

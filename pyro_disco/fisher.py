@@ -65,8 +65,10 @@ def _build(estimator: EstimatorLike, samples: Tensor, what: str):
     if _is_built(estimator):
         return estimator
     if not callable(estimator):
-        raise TypeError(f"estimator must be an estimator (with .{what}) or a factory samples -> estimator, "
-                        f"got {type(estimator).__name__}")
+        raise TypeError(
+            f"estimator must be an estimator (with .{what}) or a factory samples -> estimator, "
+            f"got {type(estimator).__name__}"
+        )
     built = estimator(samples)
     if not (hasattr(built, what) and callable(getattr(built, what))):
         raise TypeError(
@@ -88,8 +90,9 @@ def _evaluate(estimator: EstimatorLike, build_on: Tensor, at: Tensor, what: str)
     out = getattr(est, what)(at)
     expected = at.shape if what == "score" else at.shape[:-1]
     if not isinstance(out, Tensor) or out.shape != expected:
-        raise ValueError(f"{what} at the samples must have shape {tuple(expected)}, "
-                         f"got {tuple(getattr(out, 'shape', ()))}")
+        raise ValueError(
+            f"{what} at the samples must have shape {tuple(expected)}, got {tuple(getattr(out, 'shape', ()))}"
+        )
     out = out.detach()
     if not bool(torch.isfinite(out).all()):
         raise ValueError(f"the estimated {what} is not finite at some samples")
@@ -102,8 +105,9 @@ def _per_sample(samples: Tensor, estimator: EstimatorLike, what: str, cross_fit:
     if not cross_fit:
         return _evaluate(estimator, x, x, what)
     if _is_built(estimator):
-        raise ValueError("cross_fit=True needs an estimator factory (samples -> estimator), "
-                         "not a built estimator")
+        raise ValueError(
+            "cross_fit=True needs an estimator factory (samples -> estimator), not a built estimator"
+        )
     n, d = x.shape
     half = n // 2
     if min(half, n - half) <= d:
@@ -120,8 +124,9 @@ def _mean_and_stderr(terms: Tensor) -> Estimate:
     return Estimate(terms.mean(0), terms.std(0) / math.sqrt(n))
 
 
-def fisher_information(samples: Tensor, estimator: EstimatorLike = GaussianKDE, *,
-                       cross_fit: bool = False) -> Estimate:
+def fisher_information(
+    samples: Tensor, estimator: EstimatorLike = GaussianKDE, *, cross_fit: bool = False
+) -> Estimate:
     r"""Fisher information :math:`J(p) = \mathbb E_p \|\nabla_x \log p(x)\|^2` from samples of ``p``.
 
     Args:
@@ -139,8 +144,9 @@ def fisher_information(samples: Tensor, estimator: EstimatorLike = GaussianKDE, 
     return _mean_and_stderr((s * s).sum(-1))
 
 
-def fisher_matrix(samples: Tensor, estimator: EstimatorLike = GaussianKDE, *,
-                  cross_fit: bool = False) -> Estimate:
+def fisher_matrix(
+    samples: Tensor, estimator: EstimatorLike = GaussianKDE, *, cross_fit: bool = False
+) -> Estimate:
     r"""Fisher information matrix :math:`\mathbb E_p[s\, s^\top]`, :math:`s = \nabla_x \log p`.
 
     Returns:
@@ -152,10 +158,14 @@ def fisher_matrix(samples: Tensor, estimator: EstimatorLike = GaussianKDE, *,
     return _mean_and_stderr(s.unsqueeze(-1) * s.unsqueeze(-2))  # n d d
 
 
-def relative_fisher_information(samples_p: Tensor, samples_q: Tensor,
-                                estimator_p: EstimatorLike = GaussianKDE,
-                                estimator_q: EstimatorLike | None = None, *,
-                                cross_fit: bool = False) -> Estimate:
+def relative_fisher_information(
+    samples_p: Tensor,
+    samples_q: Tensor,
+    estimator_p: EstimatorLike = GaussianKDE,
+    estimator_q: EstimatorLike | None = None,
+    *,
+    cross_fit: bool = False,
+) -> Estimate:
     r"""Relative Fisher information :math:`I(p\,|\,q) = \mathbb E_p\|\nabla \log p - \nabla \log q\|^2`.
 
     The score of :math:`p` comes from an estimator built on ``samples_p``, the score of
@@ -178,8 +188,9 @@ def relative_fisher_information(samples_p: Tensor, samples_q: Tensor,
     xp = as_samples(samples_p, min_per_dim=False)
     xq = as_samples(samples_q, min_per_dim=False)
     if xp.shape[1] != xq.shape[1]:
-        raise ValueError("samples_p and samples_q must have the same dimension, "
-                         f"got {xp.shape[1]} and {xq.shape[1]}")
+        raise ValueError(
+            f"samples_p and samples_q must have the same dimension, got {xp.shape[1]} and {xq.shape[1]}"
+        )
     if estimator_q is None:
         if _is_built(estimator_p):
             raise ValueError("estimator_p is a built estimator of p; pass estimator_q for q as well")
@@ -203,4 +214,3 @@ def entropy(samples: Tensor, estimator: EstimatorLike = GaussianKDE, *, cross_fi
     x = as_samples(samples, min_per_dim=False)
     logp = _per_sample(x, estimator, "logdensity", cross_fit)
     return _mean_and_stderr(-logp)
-

@@ -76,8 +76,12 @@ def test_divergences_land_on_the_right_draws():
     def bad(x):
         return torch.full_like(x, float("inf"))
 
-    mcmc = MCMC(ULA(score_fn=bad, initial_params={"x": torch.zeros(2)}), num_samples=4, warmup_steps=1,
-                disable_progbar=True)
+    mcmc = MCMC(
+        ULA(score_fn=bad, initial_params={"x": torch.zeros(2)}),
+        num_samples=4,
+        warmup_steps=1,
+        disable_progbar=True,
+    )
     mcmc.run()
     # (Pyro's MCMC.diagnostics needs >= 4 draws)
     assert _sample_stats(from_mcmc(mcmc))["diverging"].values.tolist() == [[True] * 4]

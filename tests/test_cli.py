@@ -44,9 +44,32 @@ def test_estimate_refuses_pickled_arrays(tmp_path):
 
 def test_train_then_export(tmp_path):
     run = tmp_path / "run"
-    args = ["train", "--dim", "2", "--out", str(run), "--steps", "3", "--tokens-per-step", "256",
-            "--n-min", "32", "--n-max", "64", "--d-model", "16", "--num-layers", "1", "--num-heads", "2",
-            "--d-ff", "32", "--eval-every", "3", "--no-progress"]
+    args = [
+        "train",
+        "--dim",
+        "2",
+        "--out",
+        str(run),
+        "--steps",
+        "3",
+        "--tokens-per-step",
+        "256",
+        "--n-min",
+        "32",
+        "--n-max",
+        "64",
+        "--d-model",
+        "16",
+        "--num-layers",
+        "1",
+        "--num-heads",
+        "2",
+        "--d-ff",
+        "32",
+        "--eval-every",
+        "3",
+        "--no-progress",
+    ]
     assert main(args) == 0
     info = export_run(run, "tiny", weights_dir=tmp_path / "w", registry=tmp_path / "registry.json")
     entry = json.loads((tmp_path / "registry.json").read_text())["tiny"]

@@ -94,8 +94,11 @@ def test_empirical_prior_matches_the_conjugate_posterior():
 
 # ------------------------------------------------------------------ non-Gaussian prior, d = 1
 
-PRIOR_MIX = GaussianMixture(torch.tensor([0.35, 0.65], dtype=F64), torch.tensor([[-1.0], [1.0]], dtype=F64),
-                            torch.full((2, 1, 1), 0.25, dtype=F64))
+PRIOR_MIX = GaussianMixture(
+    torch.tensor([0.35, 0.65], dtype=F64),
+    torch.tensor([[-1.0], [1.0]], dtype=F64),
+    torch.full((2, 1, 1), 0.25, dtype=F64),
+)
 Y_OBS = torch.tensor([-0.6, 0.4, -0.7], dtype=F64)
 SIGMA_OBS = 1.5
 

@@ -54,8 +54,12 @@ class MultivariateT:
 
     def logdensity(self, x):
         nu, d, s2 = self.nu, self.dim, self.sigma**2
-        const = (math.lgamma((nu + d) / 2) - math.lgamma(nu / 2) - d / 2 * math.log(nu * math.pi)
-                 - d * math.log(self.sigma))
+        const = (
+            math.lgamma((nu + d) / 2)
+            - math.lgamma(nu / 2)
+            - d / 2 * math.log(nu * math.pi)
+            - d * math.log(self.sigma)
+        )
         return const - (nu + d) / 2 * torch.log1p((x * x).sum(-1) / (nu * s2))
 
     def score(self, x):

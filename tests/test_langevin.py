@@ -18,8 +18,11 @@ MEAN = torch.tensor([1.0, -1.0], dtype=F64)
 COV = torch.tensor([[1.0, 0.5], [0.5, 2.0]], dtype=F64)
 TARGET = GaussianMixture(torch.ones(1, dtype=F64), MEAN[None], COV[None])
 # 1-D two-component mixture: weights 0.3 / 0.7, modes close enough for chains to cross.
-MIX = GaussianMixture(torch.tensor([0.3, 0.7], dtype=F64), torch.tensor([[-1.2], [1.2]], dtype=F64),
-                      torch.tensor([[[0.5]], [[0.5]]], dtype=F64))
+MIX = GaussianMixture(
+    torch.tensor([0.3, 0.7], dtype=F64),
+    torch.tensor([[-1.2], [1.2]], dtype=F64),
+    torch.tensor([[[0.5]], [[0.5]]], dtype=F64),
+)
 
 
 def _normal_cdf(z):
@@ -104,8 +107,9 @@ def test_ula_stationary_covariance_is_the_exact_biased_one():
 
 
 def test_mala_adapts_to_target_acceptance_and_recovers_moments():
-    out = run(torch.zeros(2000, 2, dtype=F64), TARGET, 0.05, 40, method="mala", num_warmup=150,
-              generator=_gen(5))
+    out = run(
+        torch.zeros(2000, 2, dtype=F64), TARGET, 0.05, 40, method="mala", num_warmup=150, generator=_gen(5)
+    )
     # the chain-averaged acceptance of the kept draws lands near 0.574 (dual averaging converges to
     # the target up to O(1/sqrt(warmup)) noise; 0.07 is about 3 times the spread seen over seeds)
     assert abs(float(out.info.acceptance_prob.mean()) - 0.574) < 0.07
@@ -125,8 +129,15 @@ def test_kde_score_recovers_the_kde_moments(method):
     # ULA at h = 0.05 is biased by about h/4 ~ 1.3 % of the variance, below 4 MC SE (~ 6 %).
     kde = GaussianKDE(_exact_draws(500, 6))
     mean, cov = _kde_moments(kde)
-    out = run(_exact_draws(1000, 7), kde, 0.05 if method == "ula" else 0.5, 1, method=method,
-              num_warmup=50, generator=_gen(8))
+    out = run(
+        _exact_draws(1000, 7),
+        kde,
+        0.05 if method == "ula" else 0.5,
+        1,
+        method=method,
+        num_warmup=50,
+        generator=_gen(8),
+    )
     _check_moments(out.samples[:, -1], mean, cov)
     # and, looser, the true target: the KDE inflates the covariance by the factor (1 + n^{-1/3})
     # = 1.13 (Scott, d = 2, n = 500) and its sample mean is off by one sampling error of 500 draws
@@ -134,8 +145,9 @@ def test_kde_score_recovers_the_kde_moments(method):
     _check_moments(out.samples[:, -1], MEAN, COV * (1 + 500 ** (-1 / 3)), k=6.0)
 
 
-@pytest.mark.parametrize("method,score", [("ula", "exact"), ("mala", "exact"), ("ula", "kde"),
-                                          ("mala", "kde")])
+@pytest.mark.parametrize(
+    "method,score", [("ula", "exact"), ("mala", "exact"), ("ula", "kde"), ("mala", "kde")]
+)
 def test_mixture_weight_is_recovered(method, score):
     # P(x > 0) under the 1-D mixture is exact: 0.3 Phi(-1.2/0.707) + 0.7 Phi(1.2/0.707); for the
     # KDE target it is the mean of normal CDFs. Checked at 4 binomial standard errors.
@@ -148,8 +160,9 @@ def test_mixture_weight_is_recovered(method, score):
         mass = float(sum(_normal_cdf(float(x) / sd) for x in target.samples.squeeze(-1)) / 400)
     n = 1500
     x0 = 2.0 * torch.randn(n, 1, generator=_gen(10), dtype=F64)
-    out = run(x0, target, 0.05 if method == "ula" else 0.4, 1, method=method, num_warmup=200,
-              generator=_gen(11))
+    out = run(
+        x0, target, 0.05 if method == "ula" else 0.4, 1, method=method, num_warmup=200, generator=_gen(11)
+    )
     frac = float((out.samples[:, -1, 0] > 0).double().mean())
     assert abs(frac - mass) < 4 * math.sqrt(mass * (1 - mass) / n)
 
@@ -190,8 +203,9 @@ def test_ula_kernel_with_potential_fn_and_two_chains(capsys):
     init = {"x": torch.zeros(2, 2, dtype=F64)}
     with warnings.catch_warnings():  # on <= 2 CPUs Pyro warns that chains run sequentially
         warnings.filterwarnings("ignore", message="num_chains", category=UserWarning)
-        mcmc = MCMC(kernel, num_samples=300, warmup_steps=100, num_chains=2, initial_params=init,
-                    disable_progbar=True)
+        mcmc = MCMC(
+            kernel, num_samples=300, warmup_steps=100, num_chains=2, initial_params=init, disable_progbar=True
+        )
         mcmc.run()
     assert mcmc.get_samples(group_by_chain=True)["x"].shape == (2, 300, 2)
     assert mcmc.diagnostics()["acceptance rate"] == {"chain 0": 1.0, "chain 1": 1.0}
@@ -202,13 +216,22 @@ def test_ula_kernel_with_potential_fn_and_two_chains(capsys):
 def test_mala_kernel_with_a_bare_score_and_estimator():
     pyro.set_rng_seed(2)
     x0 = {"x": torch.zeros(2, dtype=F64)}
-    mcmc = MCMC(MALA(score_fn=TARGET.score, logdensity_fn=TARGET.logdensity, initial_params=x0),
-                num_samples=500, warmup_steps=200, disable_progbar=True)
+    mcmc = MCMC(
+        MALA(score_fn=TARGET.score, logdensity_fn=TARGET.logdensity, initial_params=x0),
+        num_samples=500,
+        warmup_steps=200,
+        disable_progbar=True,
+    )
     mcmc.run()
     x = mcmc.get_samples()["x"]
     assert ((x.mean(0) - MEAN).abs() < 4 * _ess_se(x)).all()
-    mcmc2 = MCMC(MALA(score_fn=TARGET, site="theta"), num_samples=5, warmup_steps=5, disable_progbar=True,
-                 initial_params={"theta": torch.zeros(2, dtype=F64)})
+    mcmc2 = MCMC(
+        MALA(score_fn=TARGET, site="theta"),
+        num_samples=5,
+        warmup_steps=5,
+        disable_progbar=True,
+        initial_params={"theta": torch.zeros(2, dtype=F64)},
+    )
     mcmc2.run()
     assert mcmc2.get_samples()["theta"].shape == (5, 2)
 
@@ -231,8 +254,12 @@ def test_kernel_divergences_are_reported():
     def bad(x):
         return torch.full_like(x, float("inf"))
 
-    mcmc = MCMC(ULA(score_fn=bad, initial_params={"x": torch.zeros(2, dtype=F64)}), num_samples=4,
-                warmup_steps=2, disable_progbar=True)
+    mcmc = MCMC(
+        ULA(score_fn=bad, initial_params={"x": torch.zeros(2, dtype=F64)}),
+        num_samples=4,
+        warmup_steps=2,
+        disable_progbar=True,
+    )
     mcmc.run()
     assert mcmc.diagnostics()["divergences"]["chain 0"] == [0, 1, 2, 3]
     assert_close(mcmc.get_samples()["x"], torch.zeros(4, 2, dtype=F64))

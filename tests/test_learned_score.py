@@ -11,6 +11,7 @@ from torch.testing import assert_close
 
 from pyro_disco import EmpSDKDE, GaussianKDE, GaussianMixture
 from pyro_disco.distributions import LearnedScore
+from pyro_disco.pretrained import auto_dims
 from pyro_disco.pretrained import available_dims as _available_dims
 
 EXACT = dict(rtol=1e-10, atol=1e-12)  # same float64 computation reached by two routes
@@ -18,8 +19,10 @@ EXACT = dict(rtol=1e-10, atol=1e-12)  # same float64 computation reached by two 
 
 def _samples(n=300, d=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.tensor([[1.0, 0.3], [0.0, 0.8]],
-                                                                              dtype=torch.float64)[:d, :d]
+    return (
+        torch.randn(n, d, generator=g, dtype=torch.float64)
+        @ torch.tensor([[1.0, 0.3], [0.0, 0.8]], dtype=torch.float64)[:d, :d]
+    )
 
 
 class _ScoreNotGradient:
@@ -109,9 +112,10 @@ def test_estimator_choices():
     assert isinstance(LearnedScore(x, estimator="emp-sdkde").estimator, EmpSDKDE)
     assert LearnedScore(x, estimator="sdkde", score=lambda z: -z).estimator_name == "sdkde"
     assert LearnedScore(x, estimator="kde", bandwidth="silverman").estimator.bandwidth == pytest.approx(
-        (300 * 4 / 4.0) ** (-1 / 6))
+        (300 * 4 / 4.0) ** (-1 / 6)
+    )
     auto = LearnedScore(x)
-    assert auto.estimator_name == ("transformer" if 2 in _available_dims() else "kde")
+    assert auto.estimator_name == ("transformer" if 2 in auto_dims() else "kde")
     missing = next(d for d in range(11, 40) if d not in _available_dims())
     with pytest.raises(ValueError, match="pretrained"):
         LearnedScore(torch.randn(100, missing, dtype=torch.float64), estimator="transformer")

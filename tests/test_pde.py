@@ -132,7 +132,8 @@ def test_bkw_score_moments_and_sampler(bkw):
     se = math.sqrt((bkw.radial_moment(4, 2.0) - bkw.radial_moment(2, 2.0) ** 2) / n)
     assert abs(float(r4.mean()) - bkw.radial_moment(2, 2.0)) < 4 * se  # 4 MC standard errors
     assert float((diagnostics.covariance(draws) - torch.eye(bkw.dim, dtype=DT)).abs().max()) < 4 * float(
-        covariance_se(draws).max())
+        covariance_se(draws).max()
+    )
 
 
 def test_bkw_landau_velocity_is_a_monte_carlo_estimate_of_the_mean_field():
@@ -163,24 +164,28 @@ def test_gaussian_mixture_fourth_moment_and_ou_solution():
     assert_close(heat.covariance(3.0), cov + 3.0 * torch.eye(2, dtype=DT), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("problem", [FokkerPlanck.ornstein_uhlenbeck(), FokkerPlanck.heat(0.5)],
-                         ids=["ou", "heat"])
+@pytest.mark.parametrize(
+    "problem", [FokkerPlanck.ornstein_uhlenbeck(), FokkerPlanck.heat(0.5)], ids=["ou", "heat"]
+)
 def test_gaussian_start_moves_by_the_exact_affine_flow(problem):
     """Diagonal Gaussian start + exact score: x(t) = m(t) + M(t)(x0 - m0), M = (Sigma(t)/Sigma0)^(1/2)."""
     m0, var0 = torch.tensor([1.0, -0.5], dtype=DT), torch.tensor([0.3, 2.0], dtype=DT)
-    sol = GaussianMixtureSolution(problem, GaussianMixture(torch.ones(1, dtype=DT), m0[None],
-                                                           torch.diag(var0)[None]))
+    sol = GaussianMixtureSolution(
+        problem, GaussianMixture(torch.ones(1, dtype=DT), m0[None], torch.diag(var0)[None])
+    )
     x0 = sol.sample_initial(200, generator=gen(9))
-    traj = solve(sol, x0, torch.linspace(0, 1, 3), score="exact", method="heun", step_size=0.01,
-                 progress=False)
+    traj = solve(
+        sol, x0, torch.linspace(0, 1, 3), score="exact", method="heun", step_size=0.01, progress=False
+    )
     for t, x in zip(traj.times.tolist(), traj.particles, strict=True):
         scale = (sol.covariance(t).diagonal() / var0).sqrt()
         # Heun's O(h^2) error: measured 3.2e-4 at h = 0.01 (8e-5 at h = 0.005; Euler 2.4e-2)
         assert_close(x, sol.mean(t) + (x0 - m0) * scale, rtol=0, atol=1e-3)
 
 
-@pytest.mark.parametrize("problem", [FokkerPlanck.ornstein_uhlenbeck(), FokkerPlanck.heat(0.5)],
-                         ids=["ou", "heat"])
+@pytest.mark.parametrize(
+    "problem", [FokkerPlanck.ornstein_uhlenbeck(), FokkerPlanck.heat(0.5)], ids=["ou", "heat"]
+)
 def test_two_mode_start_tracks_the_exact_covariance(problem):
     sol = GaussianMixtureSolution(problem, two_mode_mixture())
     x0 = sol.sample_initial(300, generator=gen(10))
@@ -216,8 +221,9 @@ def test_convergence_order_euler_one_heun_two():
     x0 = bkw.sample_initial(150, generator=gen(12))
 
     def final(method, steps):
-        return solve(bkw, x0, [0.0, T], score="exact", method=method, step_size=T / steps,
-                     progress=False).particles[-1]
+        return solve(
+            bkw, x0, [0.0, T], score="exact", method=method, step_size=T / steps, progress=False
+        ).particles[-1]
 
     ref = final("heun", 128)
 
@@ -252,8 +258,15 @@ def test_anisotropic_maxwell_relaxation_law():
 @pytest.mark.parametrize("method", ["euler", "heun"])
 def test_momentum_conserved_and_energy_rate_zero_for_any_score(landau, method):
     x0 = torch.randn(80, 3, generator=gen(14), dtype=DT)
-    traj = solve(landau, x0, torch.linspace(0, 1, 5), score=smooth_arbitrary_score(3), method=method,
-                 step_size=0.05, progress=False)
+    traj = solve(
+        landau,
+        x0,
+        torch.linspace(0, 1, 5),
+        score=smooth_arbitrary_score(3),
+        method=method,
+        step_size=0.05,
+        progress=False,
+    )
     dg = traj.diagnostics
     assert_close(dg["momentum_drift"], torch.zeros(5, dtype=DT), **ROUNDOFF)
     assert_close(dg["momentum_rate"], torch.zeros(5, dtype=DT), **ROUNDOFF)
@@ -275,9 +288,12 @@ def test_density_l2_error_against_gaussian_closed_form():
     zero, eye = torch.zeros(1, d, dtype=DT), torch.eye(d, dtype=DT)[None]
     exact = GaussianMixture(torch.ones(1, dtype=DT), zero, eye)
     wide = GaussianMixture(torch.ones(1, dtype=DT), zero, a**2 * eye)
-    got = diagnostics.density_l2_error(lambda y: wide.logdensity(y).exp(),
-                                       lambda y: exact.logdensity(y).exp(),
-                                       torch.zeros(d, dtype=DT), torch.full((d,), 1.5, dtype=DT))
+    got = diagnostics.density_l2_error(
+        lambda y: wide.logdensity(y).exp(),
+        lambda y: exact.logdensity(y).exp(),
+        torch.zeros(d, dtype=DT),
+        torch.full((d,), 1.5, dtype=DT),
+    )
     n_est, n_ref, cross = (4 * math.pi * a**2) ** -1, (4 * math.pi) ** -1, (2 * math.pi * (1 + a**2)) ** -1
     want = math.sqrt((n_est + n_ref - 2 * cross) / n_ref)
     assert float(got) == pytest.approx(want, rel=1e-6)  # midpoint rule on a smooth integrand
@@ -286,13 +302,20 @@ def test_density_l2_error_against_gaussian_closed_form():
 def test_score_fn_and_factory_paths_and_entropy_of_a_gaussian():
     """Heat from N(0, diag): the entropy diagnostic matches 1/2 log det(2 pi e Sigma(t)) within 4 MC SE."""
     heat = FokkerPlanck.heat(0.5)
-    sol = GaussianMixtureSolution(heat, GaussianMixture(torch.ones(1, dtype=DT), torch.zeros(1, 2, dtype=DT),
-                                                        torch.diag(torch.tensor([0.5, 2.0], dtype=DT))[None]))
+    sol = GaussianMixtureSolution(
+        heat,
+        GaussianMixture(
+            torch.ones(1, dtype=DT),
+            torch.zeros(1, 2, dtype=DT),
+            torch.diag(torch.tensor([0.5, 2.0], dtype=DT))[None],
+        ),
+    )
     x0 = sol.sample_initial(400, generator=gen(16))
     times = torch.linspace(0, 1, 3)
     exact = solve(sol, x0, times, score="exact", method="heun", step_size=0.05, progress=False)
-    as_fn = solve(heat, x0, times, score=lambda x, t: sol.score(x, t), method="heun", step_size=0.05,
-                  progress=False)
+    as_fn = solve(
+        heat, x0, times, score=lambda x, t: sol.score(x, t), method="heun", step_size=0.05, progress=False
+    )
     assert_close(as_fn.particles, exact.particles, rtol=0, atol=0)  # same velocity, same numbers
     assert "entropy" not in as_fn.diagnostics and "covariance_error" not in as_fn.diagnostics
     se = math.sqrt(2 / 2 / 400)  # Var(log N(x; 0, Sigma)) = d/2 under x ~ N(0, Sigma)

@@ -50,8 +50,9 @@ def test_direction_matches_autograd_of_the_kernel(kernel):
     phi, h = svgd_direction(x, TARGET, kernel)
     xj = x.clone().requires_grad_(True)
     k = kernel.profile(torch.cdist(xj, x.detach()).square(), h)[0]  # k(x_j, x_i), grad in x_j
-    grad_k = torch.stack([torch.autograd.grad(k[:, i].sum(), xj, retain_graph=True)[0].sum(0)
-                          for i in range(6)])
+    grad_k = torch.stack(
+        [torch.autograd.grad(k[:, i].sum(), xj, retain_graph=True)[0].sum(0) for i in range(6)]
+    )
     expected = (k.detach().T @ TARGET.score(x) + grad_k) / 6
     assert_close(phi, expected, **EXACT)
 
@@ -101,8 +102,11 @@ def test_svgd_recovers_mixture_weights(score):
     # 1-D mixture 0.3 N(-1.5, 0.5^2) + 0.7 N(1.5, 0.5^2): the share of particles right of 0
     # matches the exact mass 0.3 Phi(-3) + 0.7 Phi(3) (for the KDE target: the mean of its
     # kernels' normal CDFs) within 4 binomial standard errors.
-    mix = GaussianMixture(torch.tensor([0.3, 0.7], dtype=F64), torch.tensor([[-1.5], [1.5]], dtype=F64),
-                          torch.full((2, 1, 1), 0.25, dtype=F64))
+    mix = GaussianMixture(
+        torch.tensor([0.3, 0.7], dtype=F64),
+        torch.tensor([[-1.5], [1.5]], dtype=F64),
+        torch.full((2, 1, 1), 0.25, dtype=F64),
+    )
     if score == "exact":
         target = mix
         phi3 = 0.5 * (1 + math.erf(3 / math.sqrt(2)))

@@ -35,6 +35,7 @@ from pyro_disco.estimators.factory import resolve_estimator
 
 __all__ = ["LearnedScore"]
 
+
 class _LogDensityWithScore(torch.autograd.Function):
     """Value: the estimator's log-density; gradient: the estimator's score head."""
 
@@ -80,8 +81,15 @@ class LearnedScore(TorchDistribution):
     support = constraints.real_vector
     has_rsample = False
 
-    def __init__(self, samples: Tensor, estimator="auto", *, adapt_steps: int = 0,
-                 validate_args=None, **estimator_kwargs):
+    def __init__(
+        self,
+        samples: Tensor,
+        estimator="auto",
+        *,
+        adapt_steps: int = 0,
+        validate_args=None,
+        **estimator_kwargs,
+    ):
         samples = as_samples(samples)
         est, name = resolve_estimator(samples.detach(), estimator, **estimator_kwargs)
         if adapt_steps:
@@ -172,5 +180,7 @@ class LearnedScore(TorchDistribution):
 
     def __repr__(self) -> str:
         n, d = self.samples.shape
-        return (f"LearnedScore(n={n}, d={d}, estimator={self.estimator_name!r}, "
-                f"batch_shape={tuple(self.batch_shape)})")
+        return (
+            f"LearnedScore(n={n}, d={d}, estimator={self.estimator_name!r}, "
+            f"batch_shape={tuple(self.batch_shape)})"
+        )

@@ -15,7 +15,8 @@ ESTIMATORS = ("auto", "transformer", "kde", "silverman-kde", "sdkde", "emp-sdkde
 def resolve_estimator(samples: Tensor, estimator="auto", **estimator_kwargs):
     """Build an estimator on ``samples`` ``(n, d)``; returns ``(estimator, name)``.
 
-    - ``"auto"``: the pretrained transformer when weights for ``d`` ship with the package,
+    - ``"auto"``: the pretrained transformer when weights for ``d`` ship with the package and
+      the accuracy benchmark found them better than Scott's KDE (``pretrained.auto_dims()``),
       else Gaussian KDE (Scott's bandwidth unless ``bandwidth=`` is given);
     - ``"transformer"``: the pretrained transformer (error naming the shipped dimensions if none);
     - ``"kde"``: :class:`GaussianKDE` (Scott); ``"silverman-kde"``: Silverman's rule;
@@ -25,7 +26,7 @@ def resolve_estimator(samples: Tensor, estimator="auto", **estimator_kwargs):
 
     ``estimator_kwargs`` go to the chosen constructor.
     """
-    from pyro_disco.pretrained import available_dims, pretrained_estimator
+    from pyro_disco.pretrained import auto_dims, available_dims, pretrained_estimator
 
     if not isinstance(estimator, str):
         for attr in ("logdensity", "score"):
@@ -41,7 +42,7 @@ def resolve_estimator(samples: Tensor, estimator="auto", **estimator_kwargs):
     x = as_samples(samples)
     has_model = x.shape[1] in available_dims()
     if estimator == "auto":
-        estimator = "transformer" if has_model else "kde"
+        estimator = "transformer" if x.shape[1] in auto_dims() else "kde"
     if estimator == "transformer":
         return pretrained_estimator(x, **estimator_kwargs), "transformer"
     if estimator == "kde":

@@ -7,6 +7,14 @@ from pyro_disco.infer.particles import flow_run
 from pyro_disco.infer.svgd import score_factor, svgd_run
 
 __all__ = [
-    "ULA", "MALA", "langevin_run", "svgd_run", "score_factor", "flow_run",
-    "to_inference_data", "from_mcmc", "from_particles", "ess_rhat",
+    "ULA",
+    "MALA",
+    "langevin_run",
+    "svgd_run",
+    "score_factor",
+    "flow_run",
+    "to_inference_data",
+    "from_mcmc",
+    "from_particles",
+    "ess_rhat",
 ]

@@ -55,8 +55,14 @@ def _as_group(data, var_name: str, what: str) -> dict[str, np.ndarray]:
     return out
 
 
-def to_inference_data(samples, *, var_name: str = "x", sample_stats: dict | None = None,
-                      coords: dict | None = None, dims: dict | None = None):
+def to_inference_data(
+    samples,
+    *,
+    var_name: str = "x",
+    sample_stats: dict | None = None,
+    coords: dict | None = None,
+    dims: dict | None = None,
+):
     """Chains to arviz data.
 
     Args:
@@ -130,8 +136,10 @@ def from_particles(particles, *, var_name: str = "x", coords: dict | None = None
 def _pyro_ess_rhat(x: Tensor) -> dict[str, Tensor]:
     from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 
-    return {"ess": effective_sample_size(x, chain_dim=0, sample_dim=1),
-            "rhat": split_gelman_rubin(x, chain_dim=0, sample_dim=1)}
+    return {
+        "ess": effective_sample_size(x, chain_dim=0, sample_dim=1),
+        "rhat": split_gelman_rubin(x, chain_dim=0, sample_dim=1),
+    }
 
 
 def _arviz_values(result, var: str) -> np.ndarray:

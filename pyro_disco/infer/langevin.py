@@ -38,9 +38,19 @@ from tqdm.auto import tqdm
 from pyro_disco.estimators.base import as_score_fn
 
 __all__ = [
-    "LangevinState", "LangevinInfo", "StepSizeState", "LangevinRun",
-    "init", "ula_step", "mala_step", "step_size_init", "step_size_update", "run",
-    "logdensity_and_score_fn", "ULA", "MALA",
+    "LangevinState",
+    "LangevinInfo",
+    "StepSizeState",
+    "LangevinRun",
+    "init",
+    "ula_step",
+    "mala_step",
+    "step_size_init",
+    "step_size_update",
+    "run",
+    "logdensity_and_score_fn",
+    "ULA",
+    "MALA",
 ]
 
 MAX_LOG_RATIO = 1000.0  # |log acceptance ratio| beyond this counts as a divergence (Pyro HMC's rule)
@@ -97,8 +107,13 @@ def logdensity_and_score_fn(target, logdensity_fn: Callable | None = None) -> Ca
     return lambda x: (logdensity_fn(x), score_fn(x))
 
 
-def init(position: Tensor, score_fn: Callable, logdensity_fn: Callable | None = None,
-         *, logdensity_and_score_fn: Callable | None = None) -> LangevinState:
+def init(
+    position: Tensor,
+    score_fn: Callable,
+    logdensity_fn: Callable | None = None,
+    *,
+    logdensity_and_score_fn: Callable | None = None,
+) -> LangevinState:
     """Evaluate the score (and the log-density, when given) at ``position`` ``(..., d)``."""
     position = position.detach()
     if logdensity_and_score_fn is not None:
@@ -116,8 +131,9 @@ def _propose(state: LangevinState, step_size: float, generator) -> tuple[Tensor,
     return torch.where(finite.unsqueeze(-1), proposal, x), finite
 
 
-def ula_step(state: LangevinState, score_fn: Callable, step_size: float, *,
-             generator: torch.Generator | None = None) -> tuple[LangevinState, LangevinInfo]:
+def ula_step(
+    state: LangevinState, score_fn: Callable, step_size: float, *, generator: torch.Generator | None = None
+) -> tuple[LangevinState, LangevinInfo]:
     """One unadjusted Langevin step; a chain whose proposal is not finite stays put and is
     flagged divergent."""
     proposal, ok = _propose(state, step_size, generator)
@@ -129,8 +145,13 @@ def ula_step(state: LangevinState, score_fn: Callable, step_size: float, *,
     return LangevinState(position, None, score), LangevinInfo(prob, ok, ~ok)
 
 
-def mala_step(state: LangevinState, logdensity_and_score_fn: Callable, step_size: float, *,
-              generator: torch.Generator | None = None) -> tuple[LangevinState, LangevinInfo]:
+def mala_step(
+    state: LangevinState,
+    logdensity_and_score_fn: Callable,
+    step_size: float,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[LangevinState, LangevinInfo]:
     """One Metropolis-adjusted Langevin step (per-chain accept/reject)."""
     if state.logdensity is None:
         raise ValueError("MALA state has no log-density: use init(..., logdensity_and_score_fn=...)")
@@ -147,8 +168,11 @@ def mala_step(state: LangevinState, logdensity_and_score_fn: Callable, step_size
     u = torch.rand(prob.shape, generator=generator, dtype=prob.dtype, device=prob.device)
     accept = u < prob
     a = accept.unsqueeze(-1)
-    new = LangevinState(torch.where(a, proposal, x), torch.where(accept, logp_y, state.logdensity),
-                        torch.where(a, score_y, state.score))
+    new = LangevinState(
+        torch.where(a, proposal, x),
+        torch.where(accept, logp_y, state.logdensity),
+        torch.where(a, score_y, state.score),
+    )
     return new, LangevinInfo(prob, accept, divergent)
 
 
@@ -159,8 +183,15 @@ def step_size_init(step_size: float) -> StepSizeState:
     return StepSizeState(math.log(step_size), math.log(step_size), 0.0, math.log(10.0 * step_size), 0)
 
 
-def step_size_update(state: StepSizeState, acceptance_prob: float, target_accept_prob: float = 0.574, *,
-                     gamma: float = 0.05, t0: float = 10.0, kappa: float = 0.75) -> StepSizeState:
+def step_size_update(
+    state: StepSizeState,
+    acceptance_prob: float,
+    target_accept_prob: float = 0.574,
+    *,
+    gamma: float = 0.05,
+    t0: float = 10.0,
+    kappa: float = 0.75,
+) -> StepSizeState:
     r"""One dual-averaging update toward ``target_accept_prob``;
     :math:`\exp(\text{log\_step\_size\_avg})` is the step size to keep after warm-up."""
     t = state.count + 1
@@ -171,10 +202,20 @@ def step_size_update(state: StepSizeState, acceptance_prob: float, target_accept
     return StepSizeState(log_h, w * log_h + (1.0 - w) * state.log_step_size_avg, grad_avg, state.mu, t)
 
 
-def run(position: Tensor, target, step_size: float, num_steps: int, *, method: str = "mala",
-        logdensity_fn: Callable | None = None, num_warmup: int = 0, adapt_step_size: bool = True,
-        target_accept_prob: float = 0.574, generator: torch.Generator | None = None,
-        progress: bool = False) -> LangevinRun:
+def run(
+    position: Tensor,
+    target,
+    step_size: float,
+    num_steps: int,
+    *,
+    method: str = "mala",
+    logdensity_fn: Callable | None = None,
+    num_warmup: int = 0,
+    adapt_step_size: bool = True,
+    target_accept_prob: float = 0.574,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> LangevinRun:
     """Run ULA or MALA chains from ``position`` ``(..., d)``.
 
     Args:
@@ -226,9 +267,20 @@ class _LangevinKernel(MCMCKernel):
 
     method = "mala"
 
-    def __init__(self, model=None, potential_fn=None, score_fn=None, logdensity_fn=None, *,
-                 step_size: float = 0.1, adapt_step_size: bool = True, target_accept_prob: float = 0.574,
-                 transforms=None, site: str = "x", initial_params=None):
+    def __init__(
+        self,
+        model=None,
+        potential_fn=None,
+        score_fn=None,
+        logdensity_fn=None,
+        *,
+        step_size: float = 0.1,
+        adapt_step_size: bool = True,
+        target_accept_prob: float = 0.574,
+        transforms=None,
+        site: str = "x",
+        initial_params=None,
+    ):
         given = [a is not None for a in (model, potential_fn, score_fn)]
         if sum(given) != 1:
             raise ValueError("give exactly one of model=, potential_fn= or score_fn=")
@@ -236,8 +288,12 @@ class _LangevinKernel(MCMCKernel):
             raise ValueError(f"step_size must be a positive number, got {step_size!r}")
         if not 0.0 < target_accept_prob < 1.0:
             raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob}")
-        if score_fn is not None and self.method == "mala" and logdensity_fn is None \
-                and not callable(getattr(score_fn, "logdensity", None)):
+        if (
+            score_fn is not None
+            and self.method == "mala"
+            and logdensity_fn is None
+            and not callable(getattr(score_fn, "logdensity", None))
+        ):
             raise ValueError("MALA with a bare score_fn needs logdensity_fn= (or pass an estimator object)")
         self.model, self.potential_fn = model, potential_fn
         self.score_fn, self.logdensity_fn = score_fn, logdensity_fn
@@ -268,13 +324,16 @@ class _LangevinKernel(MCMCKernel):
     def setup(self, warmup_steps, *args, **kwargs):
         self._reset(warmup_steps)
         if self.model is not None:
-            init_params, potential_fn, transforms, _ = initialize_model(self.model, model_args=args,
-                                                                         model_kwargs=kwargs)
+            init_params, potential_fn, transforms, _ = initialize_model(
+                self.model, model_args=args, model_kwargs=kwargs
+            )
             self.potential_fn, self.transforms = potential_fn, transforms
             self._initial_params = self._user_params if self._user_params is not None else init_params
         if self._initial_params is None:
-            raise ValueError("initial_params are required with potential_fn= or score_fn= "
-                             f"(e.g. MCMC(..., initial_params={{'{self.site}': x0}}))")
+            raise ValueError(
+                "initial_params are required with potential_fn= or score_fn= "
+                f"(e.g. MCMC(..., initial_params={{'{self.site}': x0}}))"
+            )
         if self.score_fn is not None and set(self._initial_params) != {self.site}:
             got = sorted(self._initial_params)
             raise ValueError(f"with score_fn= the only site is {self.site!r}, got {got}")
@@ -287,7 +346,7 @@ class _LangevinKernel(MCMCKernel):
     def _unpack(self, flat: Tensor) -> dict:
         out, pos = {}, 0
         for k, shape in zip(self._names, self._shapes, strict=True):
-            out[k] = flat[pos: pos + shape.numel()].reshape(shape)
+            out[k] = flat[pos : pos + shape.numel()].reshape(shape)
             pos += shape.numel()
         return out
 
@@ -335,15 +394,20 @@ class _LangevinKernel(MCMCKernel):
         return self._last
 
     def logging(self):
-        return OrderedDict([("step size", f"{self.step_size:.2e}"),
-                            ("acc. prob", f"{self._mean_accept_prob:.3f}")])
+        return OrderedDict(
+            [("step size", f"{self.step_size:.2e}"), ("acc. prob", f"{self._mean_accept_prob:.3f}")]
+        )
 
     def diagnostics(self):
         """``divergences`` (post-warm-up draw indices, as arviz's ``from_pyro`` reads them),
         ``acceptance rate``, per-draw ``acceptance_prob`` and the final ``step_size``."""
         n = max(self._t - self._warmup_steps, 1)
-        return {"divergences": list(self._divergences), "acceptance rate": self._accept_count / n,
-                "acceptance_prob": list(self._accept_probs), "step_size": self.step_size}
+        return {
+            "divergences": list(self._divergences),
+            "acceptance rate": self._accept_count / n,
+            "acceptance_prob": list(self._accept_probs),
+            "step_size": self.step_size,
+        }
 
 
 class ULA(_LangevinKernel):
@@ -366,10 +430,28 @@ class ULA(_LangevinKernel):
 
     method = "ula"
 
-    def __init__(self, model=None, potential_fn=None, score_fn=None, *, step_size: float = 0.05,
-                 transforms=None, site: str = "x", initial_params=None):
-        super().__init__(model, potential_fn, score_fn, None, step_size=step_size, adapt_step_size=False,
-                         transforms=transforms, site=site, initial_params=initial_params)
+    def __init__(
+        self,
+        model=None,
+        potential_fn=None,
+        score_fn=None,
+        *,
+        step_size: float = 0.05,
+        transforms=None,
+        site: str = "x",
+        initial_params=None,
+    ):
+        super().__init__(
+            model,
+            potential_fn,
+            score_fn,
+            None,
+            step_size=step_size,
+            adapt_step_size=False,
+            transforms=transforms,
+            site=site,
+            initial_params=initial_params,
+        )
 
 
 class MALA(_LangevinKernel):

@@ -76,20 +76,31 @@ def flow_init(particles: Tensor) -> FlowState:
     return FlowState(particles.detach(), particles.new_zeros(()))
 
 
-def flow_step(state: FlowState, target_score, step_size: float,
-              estimator_fn: Callable = kde_factory) -> tuple[FlowState, FlowInfo]:
+def flow_step(
+    state: FlowState, target_score, step_size: float, estimator_fn: Callable = kde_factory
+) -> tuple[FlowState, FlowInfo]:
     """One Euler step :math:`x \\mathrel{+}= h(\\nabla\\log\\pi(x) - \\widehat{\\nabla\\log\\rho}(x))`,
     with :math:`\\widehat{\\nabla\\log\\rho}` from ``estimator_fn(particles)``."""
     if not step_size > 0:
         raise ValueError(f"step_size must be positive, got {step_size}")
     x = state.particles
     velocity = as_score_fn(target_score)(x).detach() - as_score_fn(estimator_fn(x))(x).detach()  # n d
-    return (FlowState(x + step_size * velocity, state.time + step_size),
-            FlowInfo(velocity.norm(dim=-1).mean()))
+    return (
+        FlowState(x + step_size * velocity, state.time + step_size),
+        FlowInfo(velocity.norm(dim=-1).mean()),
+    )
 
 
-def flow_run(particles: Tensor, target_score, estimator_fn: Callable = kde_factory, step_size: float = 0.05,
-             num_steps: int = 100, *, save_every: int = 0, progress: bool = False) -> FlowRun:
+def flow_run(
+    particles: Tensor,
+    target_score,
+    estimator_fn: Callable = kde_factory,
+    step_size: float = 0.05,
+    num_steps: int = 100,
+    *,
+    save_every: int = 0,
+    progress: bool = False,
+) -> FlowRun:
     """Run :func:`flow_step` ``num_steps`` times from ``particles`` ``(n, d)``.
 
     Args:

@@ -36,8 +36,16 @@ from tqdm.auto import tqdm
 from pyro_disco.estimators.base import as_score_fn
 from pyro_disco.kernels import RBF, RadialKernel
 
-__all__ = ["SVGDState", "SVGDInfo", "SVGDRun", "svgd_direction", "svgd_init", "svgd_step", "svgd_run",
-           "score_factor"]
+__all__ = [
+    "SVGDState",
+    "SVGDInfo",
+    "SVGDRun",
+    "svgd_direction",
+    "svgd_init",
+    "svgd_step",
+    "svgd_run",
+    "score_factor",
+]
 
 _OPTIMIZERS = ("adagrad", "adam", "sgd")
 
@@ -76,8 +84,9 @@ def _bandwidth(kernel: RadialKernel, x: Tensor, rule: str) -> Tensor:
     raise ValueError(f"bandwidth_rule must be 'liu-wang' or 'median', got {rule!r}")
 
 
-def svgd_direction(particles: Tensor, score, kernel: RadialKernel | None = None, *,
-                   bandwidth_rule: str = "median") -> tuple[Tensor, Tensor]:
+def svgd_direction(
+    particles: Tensor, score, kernel: RadialKernel | None = None, *, bandwidth_rule: str = "median"
+) -> tuple[Tensor, Tensor]:
     """The Stein direction :math:`\\phi` ``(n, d)`` at ``particles`` ``(n, d)`` and the bandwidth.
 
     ``bandwidth_rule`` applies when the kernel's bandwidth is ``"median"``: ``"median"``
@@ -106,9 +115,17 @@ def svgd_init(particles: Tensor) -> SVGDState:
     return SVGDState(x, torch.zeros_like(x), torch.zeros_like(x), 0)
 
 
-def svgd_step(state: SVGDState, score, step_size: float, *, kernel: RadialKernel | None = None,
-              optimizer: str = "adam", bandwidth_rule: str = "median",
-              betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6) -> tuple[SVGDState, SVGDInfo]:
+def svgd_step(
+    state: SVGDState,
+    score,
+    step_size: float,
+    *,
+    kernel: RadialKernel | None = None,
+    optimizer: str = "adam",
+    bandwidth_rule: str = "median",
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-6,
+) -> tuple[SVGDState, SVGDInfo]:
     """One SVGD ascent step. ``"adagrad"``: :math:`v \\leftarrow \\beta v + (1-\\beta)\\phi^2`
     (``v = φ²`` at the first step), :math:`x \\mathrel{+}= \\epsilon\\,\\phi/(10^{-6}+\\sqrt v)`
     with ``β = 0.9`` (Liu & Wang's code); ``"adam"`` (default);
@@ -131,9 +148,18 @@ def svgd_step(state: SVGDState, score, step_size: float, *, kernel: RadialKernel
     return SVGDState(state.particles + step_size * update, m, v, t), info
 
 
-def svgd_run(particles: Tensor, score, step_size: float, num_steps: int, *,
-             kernel: RadialKernel | None = None, optimizer: str = "adam", bandwidth_rule: str = "median",
-             save_every: int = 0, progress: bool = False) -> SVGDRun:
+def svgd_run(
+    particles: Tensor,
+    score,
+    step_size: float,
+    num_steps: int,
+    *,
+    kernel: RadialKernel | None = None,
+    optimizer: str = "adam",
+    bandwidth_rule: str = "median",
+    save_every: int = 0,
+    progress: bool = False,
+) -> SVGDRun:
     """Run ``num_steps`` SVGD steps from ``particles`` ``(n, d)``; see :func:`svgd_step`."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -141,8 +167,9 @@ def svgd_run(particles: Tensor, score, step_size: float, num_steps: int, *,
     saved = [state.particles] if save_every else []
     infos = []
     for i in tqdm(range(num_steps), disable=not progress, desc="SVGD"):
-        state, info = svgd_step(state, score, step_size, kernel=kernel, optimizer=optimizer,
-                                bandwidth_rule=bandwidth_rule)
+        state, info = svgd_step(
+            state, score, step_size, kernel=kernel, optimizer=optimizer, bandwidth_rule=bandwidth_rule
+        )
         infos.append(info)
         if save_every and (i + 1) % save_every == 0:
             saved.append(state.particles)

@@ -21,8 +21,16 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "mean", "covariance", "kinetic_energy", "fourth_moment", "relative_error", "relative_score_error",
-    "entropy_rate", "density_l2_error", "convergence_order", "record",
+    "mean",
+    "covariance",
+    "kinetic_energy",
+    "fourth_moment",
+    "relative_error",
+    "relative_score_error",
+    "entropy_rate",
+    "density_l2_error",
+    "convergence_order",
+    "record",
 ]
 
 
@@ -64,9 +72,15 @@ def entropy_rate(velocity: Tensor, score_values: Tensor) -> Tensor:
     return -(velocity * score_values).sum(-1).mean()
 
 
-def density_l2_error(density_fn: Callable[[Tensor], Tensor], exact_density_fn: Callable[[Tensor], Tensor],
-                     center: Tensor, scale: Tensor, *, points_per_axis: int | None = None,
-                     width: float = 5.0) -> Tensor:
+def density_l2_error(
+    density_fn: Callable[[Tensor], Tensor],
+    exact_density_fn: Callable[[Tensor], Tensor],
+    center: Tensor,
+    scale: Tensor,
+    *,
+    points_per_axis: int | None = None,
+    width: float = 5.0,
+) -> Tensor:
     r"""Relative :math:`L^2` density error on a grid, for ``d <= 3``.
 
     .. math:: \|\hat\rho - \rho\|_{L^2} / \|\rho\|_{L^2}, \quad \text{on the box }
@@ -95,8 +109,16 @@ def convergence_order(error_h: float, error_half_h: float) -> float:
     return math.log2(float(error_h) / float(error_half_h))
 
 
-def record(x: Tensor, x0: Tensor, velocity: Tensor, score_values: Tensor, t: float, *,
-           logdensity_fn: Callable[[Tensor], Tensor] | None = None, exact=None) -> dict[str, Tensor]:
+def record(
+    x: Tensor,
+    x0: Tensor,
+    velocity: Tensor,
+    score_values: Tensor,
+    t: float,
+    *,
+    logdensity_fn: Callable[[Tensor], Tensor] | None = None,
+    exact=None,
+) -> dict[str, Tensor]:
     """All diagnostics at one recorded time (``solve`` stacks them over time).
 
     Keys: ``mean`` (d,), ``covariance`` (d, d), ``kinetic_energy``, ``fourth_moment``,

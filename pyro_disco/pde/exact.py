@@ -189,8 +189,14 @@ class BKW:
         prod = math.prod(self.dim + 2 * j for j in range(k))
         return P * K**k * prod + Q * K ** (k + 1) * prod * (self.dim + 2 * k)
 
-    def sample(self, num_samples: int, t: float = 0.0, *, generator: torch.Generator | None = None,
-               dtype: torch.dtype = torch.float64) -> Tensor:
+    def sample(
+        self,
+        num_samples: int,
+        t: float = 0.0,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> Tensor:
         """Exact draws ``(num_samples, d)`` from the radial-mixture structure."""
         K, P, _ = self._pq(t)
         d = self.dim
@@ -201,8 +207,13 @@ class BKW:
         heavy = torch.rand(num_samples, 1, generator=generator, dtype=dtype) >= P
         return math.sqrt(K) * torch.where(heavy, radius * direction, gauss)
 
-    def sample_initial(self, num_samples: int, *, generator: torch.Generator | None = None,
-                       dtype: torch.dtype = torch.float64) -> Tensor:
+    def sample_initial(
+        self,
+        num_samples: int,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> Tensor:
         return self.sample(num_samples, 0.0, generator=generator, dtype=dtype)
 
 

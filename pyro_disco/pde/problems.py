@@ -108,15 +108,37 @@ class Landau:
     def coulomb(cls, B: float = 1.0 / (4 * math.pi), epsilon: float = 0.0) -> Landau:
         return cls(-3.0, float(B), float(epsilon))
 
-    def velocity(self, particles: Tensor, score_values: Tensor, t: float = 0.0, *,
-                 block_size: int | None = None, algorithm: str = "auto") -> Tensor:
+    def velocity(
+        self,
+        particles: Tensor,
+        score_values: Tensor,
+        t: float = 0.0,
+        *,
+        block_size: int | None = None,
+        algorithm: str = "auto",
+    ) -> Tensor:
         """The particle velocity, see :func:`landau_velocity`."""
-        return landau_velocity(particles, score_values, gamma=self.gamma, B=self.B, epsilon=self.epsilon,
-                               block_size=block_size, algorithm=algorithm)
+        return landau_velocity(
+            particles,
+            score_values,
+            gamma=self.gamma,
+            B=self.B,
+            epsilon=self.epsilon,
+            block_size=block_size,
+            algorithm=algorithm,
+        )
 
 
-def landau_velocity(particles: Tensor, score_values: Tensor, *, gamma: float = 0.0, B: float = 1.0,
-                    epsilon: float = 0.0, block_size: int | None = None, algorithm: str = "auto") -> Tensor:
+def landau_velocity(
+    particles: Tensor,
+    score_values: Tensor,
+    *,
+    gamma: float = 0.0,
+    B: float = 1.0,
+    epsilon: float = 0.0,
+    block_size: int | None = None,
+    algorithm: str = "auto",
+) -> Tensor:
     r"""Landau particle velocity, computed in blocks of ``block_size`` particles.
 
     .. math:: u_p = -\frac{B}{n}\sum_q |z|^\gamma\big(|z|^2 \Delta s - (z\cdot\Delta s)\, z\big),
@@ -142,8 +164,10 @@ def landau_velocity(particles: Tensor, score_values: Tensor, *, gamma: float = 0
         tensor(True)
     """
     if particles.dim() != 2 or score_values.shape != particles.shape:
-        raise ValueError(f"particles and score_values must both be (n, d), got {tuple(particles.shape)} "
-                         f"and {tuple(score_values.shape)}")
+        raise ValueError(
+            f"particles and score_values must both be (n, d), got {tuple(particles.shape)} "
+            f"and {tuple(score_values.shape)}"
+        )
     v, s = particles, score_values.to(particles.dtype)
     n, d = v.shape
     if algorithm not in ("auto", "pairwise", "moments"):
@@ -165,8 +189,9 @@ def landau_velocity(particles: Tensor, score_values: Tensor, *, gamma: float = 0
             if epsilon > 0:
                 w = (r2 + epsilon**2) ** (0.5 * gamma)
             else:  # guard z = 0: zero weight instead of inf * 0 = nan
-                w = torch.where(r2 > 0, r2.clamp_min(torch.finfo(v.dtype).tiny) ** (0.5 * gamma),
-                                torch.zeros_like(r2))
+                w = torch.where(
+                    r2 > 0, r2.clamp_min(torch.finfo(v.dtype).tiny) ** (0.5 * gamma), torch.zeros_like(r2)
+                )
             r2, zds = w * r2, w * zds
         out[start : start + b] = -(B / n) * (r2[..., None] * ds - zds[..., None] * z).sum(1)
     return out

@@ -59,8 +59,16 @@ def heun_step(velocity_fn: VelocityFn, t: float, x: Tensor, step_size: float, k1
     return x + 0.5 * step_size * (k1 + k2)
 
 
-def midpoint_step(velocity_fn: VelocityFn, t: float, x: Tensor, step_size: float, k1: Tensor, *,
-                  tol: float = 1e-13, max_iter: int = 100) -> Tensor:
+def midpoint_step(
+    velocity_fn: VelocityFn,
+    t: float,
+    x: Tensor,
+    step_size: float,
+    k1: Tensor,
+    *,
+    tol: float = 1e-13,
+    max_iter: int = 100,
+) -> Tensor:
     r"""Implicit midpoint :math:`y = x + h\,u(t + h/2, (x + y)/2)` by fixed-point iteration.
 
     Conserves every quadratic invariant (Landau's energy) and every linear one (momentum).
@@ -72,9 +80,11 @@ def midpoint_step(velocity_fn: VelocityFn, t: float, x: Tensor, step_size: float
         y = y_new
         if change <= tol * (1.0 + float(y.abs().max())):
             return y
-    raise RuntimeError(f"implicit midpoint did not converge in {max_iter} iterations "
-                       f"(last change {change:.2e}); "
-                       "use a smaller step_size")
+    raise RuntimeError(
+        f"implicit midpoint did not converge in {max_iter} iterations "
+        f"(last change {change:.2e}); "
+        "use a smaller step_size"
+    )
 
 
 STEPPERS = {"euler": euler_step, "heun": heun_step, "midpoint": midpoint_step}
@@ -99,26 +109,34 @@ def _score_source(score, exact) -> tuple[Callable, str]:
         if score != "exact":
             raise ValueError(f"score must be 'exact', an estimator factory or score_fn(x, t), got {score!r}")
         if exact is None or not hasattr(exact, "score"):
-            raise ValueError("score='exact' needs an exact solution with a score: pass it as `problem` "
-                             "(e.g. BKW, GaussianMixtureSolution)")
+            raise ValueError(
+                "score='exact' needs an exact solution with a score: pass it as `problem` "
+                "(e.g. BKW, GaussianMixtureSolution)"
+            )
         return (lambda t, x: (exact.score(x, t), lambda y, t=t: exact.logdensity(y, t))), "exact"
     if not callable(score):
-        raise TypeError("score must be an estimator factory `particles -> estimator` (e.g. GaussianKDE), "
-                        f"'exact', or score_fn(x, t); got {type(score).__name__}. A fixed estimator is not "
-                        "the score of the moving particles: pass `lambda x: ...` if you really mean it")
+        raise TypeError(
+            "score must be an estimator factory `particles -> estimator` (e.g. GaussianKDE), "
+            f"'exact', or score_fn(x, t); got {type(score).__name__}. A fixed estimator is not "
+            "the score of the moving particles: pass `lambda x: ...` if you really mean it"
+        )
     nargs = _num_required_positional(score)
     if nargs == 2:
         return (lambda t, x: (score(x, t), None)), getattr(score, "__name__", "score_fn")
     if nargs == 1:
+
         def evaluate(t, x):
             est = score(x)
             s = est.score(x) if hasattr(est, "score") else est
             if not isinstance(s, Tensor):
                 raise TypeError("the score factory must return an estimator with .score(x) (or a tensor)")
             return s, (est.logdensity if hasattr(est, "logdensity") else None)
+
         return evaluate, getattr(score, "__name__", type(score).__name__)
-    raise TypeError("cannot tell whether `score` is a factory `particles -> estimator` (one argument) or "
-                    "score_fn(x, t) (two arguments); wrap it in a lambda with one of these signatures")
+    raise TypeError(
+        "cannot tell whether `score` is a factory `particles -> estimator` (one argument) or "
+        "score_fn(x, t) (two arguments); wrap it in a lambda with one of these signatures"
+    )
 
 
 # --------------------------------------------------------------------------- solve
@@ -131,12 +149,22 @@ def _split(problem):
     inner = getattr(problem, "problem", None)
     if isinstance(inner, (FokkerPlanck, Landau)):
         return inner, problem
-    raise TypeError("problem must be FokkerPlanck, Landau or an exact solution of one, "
-                    f"got {type(problem).__name__}")
+    raise TypeError(
+        f"problem must be FokkerPlanck, Landau or an exact solution of one, got {type(problem).__name__}"
+    )
 
 
-def solve(problem, particles: Tensor, times, *, score="exact", method: str = "euler",
-          step_size: float | None = None, block_size: int | None = None, progress: bool = True) -> Trajectory:
+def solve(
+    problem,
+    particles: Tensor,
+    times,
+    *,
+    score="exact",
+    method: str = "euler",
+    step_size: float | None = None,
+    block_size: int | None = None,
+    progress: bool = True,
+) -> Trajectory:
     r"""Move ``particles`` with the score-based velocity of ``problem`` and record them at ``times``.
 
     .. math:: \frac{dx_p}{dt} = u\big[x, s(x)\big]_p
@@ -183,8 +211,10 @@ def solve(problem, particles: Tensor, times, *, score="exact", method: str = "eu
         return velocity_and_score(t, x)[0]
 
     grid = times.tolist()
-    substeps = [1 if step_size is None else max(1, math.ceil((b - a) / step_size - 1e-9))
-                for a, b in zip(grid[:-1], grid[1:], strict=True)]
+    substeps = [
+        1 if step_size is None else max(1, math.ceil((b - a) / step_size - 1e-9))
+        for a, b in zip(grid[:-1], grid[1:], strict=True)
+    ]
     x = particles.clone()
     x0 = particles
     snapshots, records = [], []

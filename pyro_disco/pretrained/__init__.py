@@ -54,6 +54,12 @@ def available_dims() -> list[int]:
     return sorted(set(available_models().values()))
 
 
+def auto_dims() -> list[int]:
+    """Dimensions where ``estimator="auto"`` picks the transformer: a shipped model that the
+    accuracy benchmark found better than Scott's KDE (registry flag ``"auto"``)."""
+    return sorted({int(e["dim"]) for e in _registry().values() if e.get("auto", True)})
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

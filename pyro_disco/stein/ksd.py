@@ -69,8 +69,15 @@ def _as_kernel(kernel: RadialKernel | str) -> RadialKernel:
     raise ValueError(f"kernel must be 'imq', 'rbf' or a RadialKernel instance, got {kernel!r}")
 
 
-def stein_kernel(x: Tensor, y: Tensor, score_x: Tensor, score_y: Tensor, *,
-                 kernel: RadialKernel | str = "imq", bandwidth: Tensor | float | None = None) -> Tensor:
+def stein_kernel(
+    x: Tensor,
+    y: Tensor,
+    score_x: Tensor,
+    score_y: Tensor,
+    *,
+    kernel: RadialKernel | str = "imq",
+    bandwidth: Tensor | float | None = None,
+) -> Tensor:
     r"""The Stein kernel :math:`u_q(x_i, y_j)` between two point sets, ``(n, m)``.
 
     Args:
@@ -86,8 +93,7 @@ def stein_kernel(x: Tensor, y: Tensor, score_x: Tensor, score_y: Tensor, *,
     sqdist = ((x * x).sum(-1, keepdim=True) + (y * y).sum(-1) - 2.0 * x @ y.T).clamp_min(0.0)  # n m
     phi, dphi, ddphi = kern.profile(sqdist, h)
     # (s(y) - s(x))^T (x - y) expanded into matrix products, so no (n, m, d) tensor is formed.
-    cross = (x @ score_y.T - (y * score_y).sum(-1) - (x * score_x).sum(-1, keepdim=True)
-             + score_x @ y.T)  # n m
+    cross = x @ score_y.T - (y * score_y).sum(-1) - (x * score_x).sum(-1, keepdim=True) + score_x @ y.T  # n m
     return phi * (score_x @ score_y.T) + 2.0 * dphi * cross - 2.0 * d * dphi - 4.0 * sqdist * ddphi
 
 
@@ -97,8 +103,9 @@ def _prepare(samples: Tensor, score: ScoreLike, kernel, bandwidth):
         raise ValueError(f"a kernel Stein discrepancy needs at least 2 samples, got {x.shape[0]}")
     s = as_score_fn(score)(x)
     if not isinstance(s, Tensor) or s.shape != x.shape:
-        raise ValueError(f"the score at the samples must have shape {tuple(x.shape)}, "
-                         f"got {tuple(getattr(s, 'shape', ()))}")
+        raise ValueError(
+            f"the score at the samples must have shape {tuple(x.shape)}, got {tuple(getattr(s, 'shape', ()))}"
+        )
     s = s.detach().to(x.dtype)
     if not bool(torch.isfinite(s).all()):
         raise ValueError("the score is not finite at some samples")
@@ -117,8 +124,9 @@ def _row_blocks(x: Tensor, s: Tensor, kern: RadialKernel, h: Tensor, block_size:
         yield start, stop, stein_kernel(x[start:stop], x, s[start:stop], s, kernel=kern, bandwidth=h)
 
 
-def stein_kernel_matrix(samples: Tensor, score: ScoreLike, *, kernel: RadialKernel | str = "imq",
-                        bandwidth: float | None = None) -> Tensor:
+def stein_kernel_matrix(
+    samples: Tensor, score: ScoreLike, *, kernel: RadialKernel | str = "imq", bandwidth: float | None = None
+) -> Tensor:
     """The full Stein Gram matrix ``(n, n)`` of ``samples`` ``(n, d)`` (for small ``n``).
 
     ``score`` is an estimator or a ``score_fn(x) -> (n, d)``, evaluated once at the samples.
@@ -128,8 +136,15 @@ def stein_kernel_matrix(samples: Tensor, score: ScoreLike, *, kernel: RadialKern
         return stein_kernel(x, x, s, s, kernel=kern, bandwidth=h)
 
 
-def ksd(samples: Tensor, score: ScoreLike, *, kernel: RadialKernel | str = "imq", statistic: str = "u",
-        bandwidth: float | None = None, block_size: int | None = None) -> Tensor:
+def ksd(
+    samples: Tensor,
+    score: ScoreLike,
+    *,
+    kernel: RadialKernel | str = "imq",
+    statistic: str = "u",
+    bandwidth: float | None = None,
+    block_size: int | None = None,
+) -> Tensor:
     r"""Estimate of the **squared** kernel Stein discrepancy :math:`\mathrm{KSD}^2(p, q)`.
 
     .. math::
@@ -170,9 +185,16 @@ def ksd(samples: Tensor, score: ScoreLike, *, kernel: RadialKernel | str = "imq"
     return (total - diag) / (n * (n - 1))
 
 
-def ksd_test(samples: Tensor, score: ScoreLike, *, kernel: RadialKernel | str = "imq",
-             num_bootstrap: int = 1000, bandwidth: float | None = None, block_size: int | None = None,
-             generator: torch.Generator | None = None) -> KSDTestResult:
+def ksd_test(
+    samples: Tensor,
+    score: ScoreLike,
+    *,
+    kernel: RadialKernel | str = "imq",
+    num_bootstrap: int = 1000,
+    bandwidth: float | None = None,
+    block_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> KSDTestResult:
     r"""Goodness-of-fit test of :math:`H_0: p = q` with a wild-bootstrap p-value.
 
     The statistic is :math:`n\,\widehat{\mathrm{KSD}}^2_V`; its null distribution is

@@ -44,6 +44,7 @@ def export_run(
     weights_dir: str | Path | None = None,
     registry: str | Path | None = None,
     notes: str = "",
+    auto: bool = True,
 ) -> dict:
     """Export ``run_dir/checkpoint.pt`` as ``<weights_dir>/<name>.pt`` (float32 weights + config),
     record its sha256 in the registry and write a model card ``<name>.md`` beside it."""
@@ -73,7 +74,7 @@ def export_run(
     file = f"{name}.pt"
     sha = save_weights(model, weights_dir / file, meta)
     entries = json.loads(registry.read_text()) if registry.exists() else {}
-    entries[name] = {"file": file, "sha256": sha, "dim": cfg.dim}
+    entries[name] = {"file": file, "sha256": sha, "dim": cfg.dim, "auto": auto}
     registry.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
     curve = "\n".join(
         f"| {r['step']} | {r['elapsed_s']:.0f} | "
