@@ -19,6 +19,7 @@ Mean and standard deviation over repetitions.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -158,6 +159,7 @@ def main(argv=None):
     p.add_argument(
         "--checkpoint", action="append", help="d=PATH: use this weight file or training checkpoint for d"
     )
+    p.add_argument("--dims", type=int, nargs="+", default=None, help="only these d (default: every model)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
     p.add_argument("--tta-steps", type=int, default=4)
@@ -171,12 +173,14 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     models = _models(args)
+    if args.dims:
+        models = {d: m for d, m in models.items() if d in args.dims}
     print(f"models for d = {sorted(models)}", flush=True)
     mix_rows = mixtures(models, args.sizes, args.reps, args.tta_steps, args.tta_max_n)
     tail_rows = heavy_tails(models, args.reps, args.tta_steps)
-    bi_rows = bimodal_1d(models, args.reps)
+    bi_rows = bimodal_1d(models, args.reps) if not args.dims or 1 in args.dims else []
     lines = [
-        f"# Accuracy benchmark\n\n`python benchmarks/accuracy.py {' '.join(argv or [])}`".rstrip()
+        f"# Accuracy benchmark\n\n`python benchmarks/accuracy.py {' '.join(sys.argv[1:] if argv is None else argv)}`".rstrip()
         + f" — {args.reps} repetitions, mean ± sd, {time.perf_counter() - t0:.0f} s on "
         f"{torch.get_num_threads()} thread(s).\n",
         "## Held-out random Gaussian mixtures (512 fresh query points from the mixture)\n",
@@ -191,12 +195,13 @@ def main(argv=None):
             "|---|---|---|---|",
         ]
         lines += [f"| {t} | {n} | {name} | {v} |" for t, n, name, v in tail_rows]
-    lines += [
-        "\n## 1-D bimodal mixture, n = 2048 (density MSE × 1e4 on 801 grid points in [-5, 5])\n",
-        "| estimator | density MSE × 1e4 |",
-        "|---|---|",
-    ]
-    lines += [f"| {name} | {v} |" for name, v in bi_rows]
+    if bi_rows:
+        lines += [
+            "\n## 1-D bimodal mixture, n = 2048 (density MSE × 1e4 on 801 grid points in [-5, 5])\n",
+            "| estimator | density MSE × 1e4 |",
+            "|---|---|",
+        ]
+        lines += [f"| {name} | {v} |" for name, v in bi_rows]
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
