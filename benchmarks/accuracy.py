@@ -179,8 +179,9 @@ def main(argv=None):
     mix_rows = mixtures(models, args.sizes, args.reps, args.tta_steps, args.tta_max_n)
     tail_rows = heavy_tails(models, args.reps, args.tta_steps)
     bi_rows = bimodal_1d(models, args.reps) if not args.dims or 1 in args.dims else []
+    shown = sys.argv[1:] if argv is None else argv
     lines = [
-        f"# Accuracy benchmark\n\n`python benchmarks/accuracy.py {' '.join(sys.argv[1:] if argv is None else argv)}`".rstrip()
+        f"# Accuracy benchmark\n\n`python benchmarks/accuracy.py {' '.join(shown)}`".rstrip()
         + f" — {args.reps} repetitions, mean ± sd, {time.perf_counter() - t0:.0f} s on "
         f"{torch.get_num_threads()} thread(s).\n",
         "## Held-out random Gaussian mixtures (512 fresh query points from the mixture)\n",
