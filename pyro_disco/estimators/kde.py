@@ -158,15 +158,12 @@ class SDKDE(GaussianKDE):
         x = as_samples(samples)
         cov = covariance
         if cov is None:
-            factor = bandwidth_factor(bandwidth, *x.shape)
-            cov = _sample_covariance(x.double()) * factor**2
-            if x.shape[1] == 1:
-                q = torch.quantile(x.double().squeeze(-1), torch.tensor([0.25, 0.75], dtype=torch.float64))
-                robust = min(
-                    cov.new_tensor(1.0).item(),
-                    ((q[1] - q[0]) / 1.34).item() ** 2 / max(_sample_covariance(x.double()).item(), 1e-300),
-                )
-                cov = cov * robust
+            xd = x.detach().double()
+            sample_cov = _sample_covariance(xd)
+            cov = sample_cov * bandwidth_factor(bandwidth, *x.shape) ** 2
+            if x.shape[1] == 1:  # the SD-KDE code's robust scale: sigma = min(std, IQR / 1.34)
+                q25, q75 = torch.quantile(xd[:, 0], xd.new_tensor([0.25, 0.75])).tolist()
+                cov = cov * min(1.0, ((q75 - q25) / 1.34) ** 2 / float(sample_cov))
         # Build the plain KDE first (for the kernel matrix), then replace the centres.
         super().__init__(x, bandwidth, covariance=cov, block_size=block_size)
         shift = as_score_fn(score)(x.detach())
