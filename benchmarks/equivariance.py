@@ -5,8 +5,10 @@
 For each transformation T of the samples and queries, the relative error between the
 estimator's outputs on T(X), T(Y) mapped back and its outputs on X, Y. Permutation, translation
 and (isotropic, anisotropic) scaling are exact by construction; rotations and general affine maps
-are learned (through random rotations in training), so a random-init model shows large errors
-there and a trained one small ones.
+are learned by the per-dimension models (through random rotations in training), so a random-init
+model shows large errors there and a trained one small ones. The universal model is exactly
+O(d)-equivariant by construction: its rotation errors (Haar-random orthogonal matrices, half of
+them reflections) are at round-off, trained or not.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ def _rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
-def errors(model: DiScoFormer, trials: int, n: int = 512, m: int = 128, seed: int = 0) -> dict[str, float]:
-    d = model.config.dim
+def errors(
+    model: DiScoFormer, trials: int, d: int | None = None, n: int = 512, m: int = 128, seed: int = 0
+) -> dict[str, float]:
+    """Mean relative errors per transformation; ``d`` defaults to the model's own dimension."""
+    d = model.config.dim if d is None else d
     g = torch.Generator().manual_seed(seed)
     out: dict[str, list[float]] = {}
     for _ in range(trials):
@@ -60,29 +65,49 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--trials", type=int, default=50)
     p.add_argument("--checkpoint", action="append", help="d=PATH of a trained model to report as well")
+    p.add_argument(
+        "--universal-dims",
+        type=int,
+        nargs="+",
+        default=[2, 10, 32],
+        help="d at which to test universal models",
+    )
     args = p.parse_args(argv)
-    from pyro_disco.pretrained import available_dims, load_model, load_weights
+    from pyro_disco.estimators.universal import UniversalConfig, UniversalDiScoFormer
+    from pyro_disco.pretrained import available_models, load_model, load_weights
 
     models = {}
     for d in (2, 10):
         torch.manual_seed(d)
-        models[f"random init, d={d}"] = DiScoFormer(DiScoFormerConfig(dim=d)).eval()
+        model = DiScoFormer(DiScoFormerConfig(dim=d)).eval()
         with torch.no_grad():  # non-zero heads so that the network, not only the baseline, is tested
-            for prm in models[f"random init, d={d}"].parameters():
+            for prm in model.parameters():
                 if prm.dim() > 1:
                     prm.normal_(0, 0.1)
-    for d in available_dims():
-        models[f"shipped, d={d}"] = load_model(d)
+        models[f"random init, d={d}"] = (model, d)
+    torch.manual_seed(0)
+    universal = UniversalDiScoFormer(UniversalConfig()).eval()
+    with torch.no_grad():
+        for prm in universal.parameters():
+            prm.add_(0.05 * torch.randn_like(prm))
+    for d in args.universal_dims:
+        models[f"universal, random init, d={d}"] = (universal, d)
+    for name, dims in available_models().items():
+        if len(dims) == 1:
+            models[f"{name} (d={dims[0]})"] = (load_model(name), dims[0])
+        else:
+            for d in args.universal_dims:
+                models[f"{name}, d={d}"] = (load_model(name), d)
     for spec in args.checkpoint or []:
         d, path = spec.split("=", 1)
-        models[f"{path}"] = load_weights(path)
+        models[f"{path}"] = (load_weights(path), int(d))
     names = ["permutation", "translation", "isotropic scaling", "anisotropic scaling", "rotation", "affine"]
     print(f"mean relative error over {args.trials} trials (float64 inference)\n")
     print("| model | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
-    for label, model in models.items():
+    for label, (model, d) in models.items():
         with torch.no_grad():
-            errs = errors(copy.deepcopy(model).double(), args.trials)  # never convert the shared model
+            errs = errors(copy.deepcopy(model).double(), args.trials, d)  # never convert the shared model
         print(f"| {label} | " + " | ".join(f"{errs[k]:.1e}" for k in names) + " |", flush=True)
 
 

@@ -12,13 +12,16 @@ OUT = Path(__file__).resolve().parents[1] / "tests" / "golden"
 
 if __name__ == "__main__":
     OUT.mkdir(exist_ok=True)
-    for name, d in available_models().items():
+    for name, dims in available_models().items():
+        d = dims[0] if len(dims) == 1 else 5  # the universal model: pinned at d = 5
         g = torch.Generator().manual_seed(0)
         x = torch.randn(300, d, generator=g, dtype=torch.float64)
         y = torch.randn(16, d, generator=g, dtype=torch.float64)
         logp, s = DiScoFormerEstimator(load_model(name), x).logdensity_and_score(y)
         (OUT / f"{name}.json").write_text(
-            json.dumps({"seed": 0, "n": 300, "m": 16, "logdensity": logp.tolist(), "score": s.tolist()})
+            json.dumps(
+                {"seed": 0, "d": d, "n": 300, "m": 16, "logdensity": logp.tolist(), "score": s.tolist()}
+            )
             + "\n"
         )
         print("wrote", OUT / f"{name}.json")

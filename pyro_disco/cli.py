@@ -20,6 +20,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "d_ff": args.d_ff,
             "dropout": args.dropout,
             "kde_features": args.kde_features,
+            "head_dim": args.head_dim,
         }.items()
         if v is not None
     }
@@ -36,6 +37,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         eval_every=args.eval_every,
         model=model,
+        arch=args.arch,
+        dim_min=args.dim_min,
+        dim_power=args.dim_power,
     )
     train(cfg, args.out, progress=not args.no_progress)
     return 0
@@ -85,7 +89,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from pyro_disco.training.export import export_run
 
     notes = open(args.notes).read() if args.notes else ""
-    info = export_run(args.run, args.name, notes=notes, auto=not args.not_default)
+    auto = args.auto_dims if args.auto_dims is not None else not args.not_default
+    info = export_run(args.run, args.name, notes=notes, auto=auto)
     print(f"wrote {info['file']} (sha256 {info['sha256']}), {info['steps']} steps")
     return 0
 
@@ -119,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="KDE input features and gated outputs at these multiples of Scott's bandwidth",
     )
+    p.add_argument(
+        "--arch",
+        choices=("discoformer", "universal"),
+        default="discoformer",
+        help="per-dimension paper model, or the exactly rotation-equivariant model for every d <= --dim",
+    )
+    p.add_argument("--dim-min", type=int, default=1, help="universal: smallest training dimension")
+    p.add_argument("--dim-power", type=float, default=0.5, help="universal: P(d) ∝ d ** dim_power")
+    p.add_argument("--head-dim", type=int, default=None, help="universal: width of each attention head")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_train)
 
@@ -148,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--not-default",
         action="store_true",
         help="ship it, but let estimator='auto' keep Scott's KDE for this d (the benchmark says KDE wins)",
+    )
+    p.add_argument(
+        "--auto-dims",
+        type=int,
+        nargs="*",
+        default=None,
+        help="universal model: the dimensions where estimator='auto' picks it (the benchmark decides)",
     )
     p.set_defaults(func=_cmd_export)
     return parser

@@ -72,7 +72,8 @@ def test_unsupported_dimension_names_the_supported_ones():
 def test_golden_outputs_of_shipped_weights(name):
     """The shipped weights' outputs on a fixed input are pinned (tests/golden/<name>.json)."""
     golden = json.loads((GOLDEN / f"{name}.json").read_text())
-    d = available_models()[name]
+    d = golden["d"]
+    assert d in available_models()[name]
     g = torch.Generator().manual_seed(golden["seed"])
     x = torch.randn(golden["n"], d, generator=g, dtype=torch.float64)
     y = torch.randn(golden["m"], d, generator=g, dtype=torch.float64)
@@ -129,3 +130,28 @@ def test_wheel_contains_and_loads_the_weights(tmp_path):
         check=True,
     )
     assert out.stdout.strip() == str(available_dims())
+
+
+def test_default_model_follows_the_benchmark_flags(tmp_path, monkeypatch):
+    """The universal model is the default only where its registry ``auto`` list says the benchmark
+    found it at least as good; elsewhere the per-dimension model, else the universal one."""
+    import pyro_disco.pretrained as pretrained
+
+    registry = {
+        "per-d2": {"file": "a.pt", "sha256": "0", "dim": 2, "auto": True},
+        "per-d10": {"file": "b.pt", "sha256": "0", "dim": 10, "auto": False},
+        "per-d1": {"file": "c.pt", "sha256": "0", "dim": 1, "auto": True},
+        "universal": {"file": "u.pt", "sha256": "0", "dims": [1, 32], "auto": [1, 3, 10]},
+    }
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps(registry))
+    monkeypatch.setattr(pretrained, "_REGISTRY_FILE", path)
+    assert pretrained.available_dims() == list(range(1, 33))
+    assert pretrained.available_models()["universal"] == list(range(1, 33))
+    assert pretrained.auto_dims() == [1, 2, 3, 10]
+    assert pretrained.default_model_name(1) == "universal"  # both auto: the universal model
+    assert pretrained.default_model_name(2) == "per-d2"  # universal not marked at d = 2
+    assert pretrained.default_model_name(10) == "universal"
+    assert pretrained.default_model_name(7) == "universal"  # only model covering d = 7
+    with pytest.raises(ValueError, match="no pretrained DiScoFormer for d=33"):
+        pretrained.default_model_name(33)

@@ -171,6 +171,14 @@ class DiScoFormer(nn.Module):
                     self.logdensity_head[-1].bias[1 + j] = 1.0
                     self.score_head[-1].bias[config.dim + j] = 1.0
 
+    def check_dim(self, dim: int) -> None:
+        """Raise a clear error unless ``dim`` is the dimension this model was trained for."""
+        if dim != self.config.dim:
+            raise ValueError(
+                f"this DiScoFormer was trained for d={self.config.dim}, but the samples have d={dim}; "
+                "use a model for that dimension (pyro_disco.pretrained.available_dims()) or a KDE"
+            )
+
     def _bandwidths(self, n: int) -> list[float]:
         scott = n ** (-1.0 / (self.config.dim + 4))
         return [c * scott for c in self.config.kde_features]

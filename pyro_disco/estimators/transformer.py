@@ -36,8 +36,9 @@ class DiScoFormerEstimator(SampleEstimator):
     """Estimator protocol over a (pretrained) :class:`DiScoFormer`.
 
     Args:
-        model: the network; it is never modified (test-time adaptation works on a copy).
-        samples: ``(n, d)`` float32 or float64, ``n > d``; ``d`` must equal ``model.config.dim``.
+        model: a :class:`DiScoFormer` or :class:`UniversalDiScoFormer`; it is never modified
+            (test-time adaptation works on a copy).
+        samples: ``(n, d)`` float32 or float64, ``n > d``; ``d`` must be one the model covers.
         block_size: rows of attention computed at once (memory ``O(block_size · n)``).
         query_block: queries answered per forward pass.
 
@@ -49,12 +50,7 @@ class DiScoFormerEstimator(SampleEstimator):
         self, model: DiScoFormer, samples: Tensor, *, block_size: int = 2048, query_block: int = 8192
     ):
         x = as_samples(samples)
-        if x.shape[1] != model.config.dim:
-            raise ValueError(
-                f"this DiScoFormer was trained for d={model.config.dim}, "
-                f"but the samples have d={x.shape[1]}; "
-                "use a model for that dimension (pyro_disco.pretrained.available_dims()) or a KDE"
-            )
+        model.check_dim(x.shape[1])
         param = next(model.parameters())
         if param.device != x.device:
             model = copy.deepcopy(model).to(x.device)

@@ -22,10 +22,13 @@ import torch
 from torch import Tensor
 
 from pyro_disco.estimators.discoformer import DiScoFormer, DiScoFormerConfig
+from pyro_disco.estimators.universal import UniversalConfig, UniversalDiScoFormer
 
 __all__ = [
     "available_dims",
     "available_models",
+    "auto_dims",
+    "default_model_name",
     "load_model",
     "load_weights",
     "save_weights",
@@ -38,26 +41,63 @@ _REGISTRY_FILE = Path(__file__).resolve().parent / "registry.json"
 
 
 def _registry() -> dict[str, dict]:
-    """Name -> {"file", "sha256", "dim"}; written by ``pyro-disco export``."""
+    """Name -> entry, written by ``pyro-disco export``: ``{"file", "sha256", "dim", "auto"}`` for a
+    per-dimension model (``auto``: bool), ``{"file", "sha256", "dims": [lo, hi], "auto": [d, ...]}``
+    for the universal one (``auto``: the dimensions where it is the default)."""
     if not _REGISTRY_FILE.exists():
         return {}
     return json.loads(_REGISTRY_FILE.read_text())
 
 
-def available_models() -> dict[str, int]:
-    """Shipped model names and the dimension each serves."""
-    return {name: int(entry["dim"]) for name, entry in _registry().items()}
+def _entry_dims(entry: dict) -> list[int]:
+    if "dims" in entry:
+        lo, hi = entry["dims"]
+        return list(range(int(lo), int(hi) + 1))
+    return [int(entry["dim"])]
+
+
+def _entry_auto(entry: dict) -> list[int]:
+    auto = entry.get("auto", True)
+    if isinstance(auto, bool):
+        return _entry_dims(entry) if auto else []
+    return [int(d) for d in auto]
+
+
+def available_models() -> dict[str, list[int]]:
+    """Shipped model names and the dimensions each serves."""
+    return {name: _entry_dims(entry) for name, entry in _registry().items()}
 
 
 def available_dims() -> list[int]:
     """Dimensions for which pretrained weights ship with the package."""
-    return sorted(set(available_models().values()))
+    return sorted({d for dims in available_models().values() for d in dims})
 
 
 def auto_dims() -> list[int]:
     """Dimensions where ``estimator="auto"`` picks the transformer: a shipped model that the
-    accuracy benchmark found better than Scott's KDE (registry flag ``"auto"``)."""
-    return sorted({int(e["dim"]) for e in _registry().values() if e.get("auto", True)})
+    accuracy benchmark found better than Scott's KDE (registry field ``"auto"``)."""
+    return sorted({d for e in _registry().values() for d in _entry_auto(e)})
+
+
+def default_model_name(dim: int) -> str:
+    """The shipped model used for samples of dimension ``dim``: one whose registry ``auto``
+    covers ``dim`` (the universal model first: it is only marked there where the benchmark found
+    it at least as good as the per-dimension model), else the per-dimension model, else the
+    universal one."""
+    registry = _registry()
+    covering = [n for n, e in registry.items() if dim in _entry_dims(e)]
+    if not covering:
+        raise ValueError(
+            f"no pretrained DiScoFormer for d={dim}; shipped dimensions: {available_dims()}. "
+            "Use estimator='kde' (Gaussian KDE), or train one with `pyro-disco train --dim "
+            f"{dim} --out RUN` and load it with pyro_disco.pretrained.load_weights"
+        )
+
+    def rank(name: str) -> tuple[int, int]:
+        entry = registry[name]
+        return (dim not in _entry_auto(entry), ("dims" in entry) != (dim in _entry_auto(entry)))
+
+    return min(covering, key=rank)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -68,7 +108,7 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_weights(path: str | Path, sha256: str | None = None) -> DiScoFormer:
+def load_weights(path: str | Path, sha256: str | None = None) -> DiScoFormer | UniversalDiScoFormer:
     """Load a DiScoFormer from a weight file written by :func:`save_weights` (or a training
     ``checkpoint.pt``), without unpickling; verify ``sha256`` when given."""
     path = Path(path)
@@ -85,12 +125,19 @@ def load_weights(path: str | Path, sha256: str | None = None) -> DiScoFormer:
         config, weights = state["model_config"], state["model"]
     else:
         raise ValueError(f"{path} is not a DiScoFormer weight file (no config/state_dict)")
-    model = DiScoFormer(DiScoFormerConfig(**config))
+    model = model_from_config(config)
     model.load_state_dict(weights)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def model_from_config(config: dict) -> DiScoFormer | UniversalDiScoFormer:
+    """An (untrained) network from a config dict as stored in weight files and checkpoints."""
+    if config.get("arch") == "universal":
+        return UniversalDiScoFormer(UniversalConfig(**config))
+    return DiScoFormer(DiScoFormerConfig(**config))
 
 
 def save_weights(model: DiScoFormer, path: str | Path, metadata: dict | None = None) -> str:
@@ -105,19 +152,12 @@ def save_weights(model: DiScoFormer, path: str | Path, metadata: dict | None = N
 
 
 @lru_cache(maxsize=8)
-def load_model(name_or_dim: str | int) -> DiScoFormer:
+def load_model(name_or_dim: str | int) -> DiScoFormer | UniversalDiScoFormer:
     """The shipped model with this name, or the default one for this dimension (shared and
     read-only: never modify it in place; :meth:`DiScoFormerEstimator.adapt` copies it)."""
     registry = _registry()
     if isinstance(name_or_dim, int):
-        names = [n for n, e in registry.items() if int(e["dim"]) == name_or_dim]
-        if not names:
-            raise ValueError(
-                f"no pretrained DiScoFormer for d={name_or_dim}; shipped dimensions: {available_dims()}. "
-                "Use estimator='kde' (Gaussian KDE), or train one with `pyro-disco train --dim "
-                f"{name_or_dim} --out RUN` and load it with pyro_disco.pretrained.load_weights"
-            )
-        name = names[0]
+        name = default_model_name(name_or_dim)
     else:
         name = name_or_dim
         if name not in registry:

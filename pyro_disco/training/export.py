@@ -17,6 +17,8 @@ def train_command(cfg: TrainConfig, out: str) -> str:
     """The ``pyro-disco train`` command line that reproduces ``cfg``."""
     default = TrainConfig(dim=cfg.dim)
     flags = [f"--dim {cfg.dim}", f"--out {out}"]
+    if cfg.arch != default.arch:
+        flags += [f"--arch {cfg.arch}", f"--dim-min {cfg.dim_min}", f"--dim-power {cfg.dim_power}"]
     for name in (
         "steps",
         "tokens_per_step",
@@ -37,6 +39,10 @@ def train_command(cfg: TrainConfig, out: str) -> str:
     return "pyro-disco train " + " ".join(flags)
 
 
+def _curve_keys(record: dict) -> list[str]:
+    return [k for k in sorted(record) if k.startswith("rel_score_") and "at_samples" not in k]
+
+
 def export_run(
     run_dir: str | Path,
     name: str,
@@ -44,10 +50,13 @@ def export_run(
     weights_dir: str | Path | None = None,
     registry: str | Path | None = None,
     notes: str = "",
-    auto: bool = True,
+    auto: bool | list[int] = True,
 ) -> dict:
     """Export ``run_dir/checkpoint.pt`` as ``<weights_dir>/<name>.pt`` (float32 weights + config),
-    record its sha256 in the registry and write a model card ``<name>.md`` beside it."""
+    record its sha256 in the registry and write a model card ``<name>.md`` beside it.
+
+    ``auto``: whether ``estimator="auto"`` picks this model (per-dimension models), or the list
+    of dimensions where it does (the universal model; ``True`` means all it covers)."""
     from pyro_disco.pretrained import _REGISTRY_FILE, WEIGHTS_DIR, load_weights, save_weights
 
     run_dir = Path(run_dir)
@@ -74,18 +83,28 @@ def export_run(
     file = f"{name}.pt"
     sha = save_weights(model, weights_dir / file, meta)
     entries = json.loads(registry.read_text()) if registry.exists() else {}
-    entries[name] = {"file": file, "sha256": sha, "dim": cfg.dim, "auto": auto}
+    if cfg.arch == "universal":
+        dims = list(range(cfg.dim_min, cfg.dim + 1))
+        auto_dims = dims if auto is True else [] if auto is False else sorted(int(d) for d in auto)
+        entries[name] = {"file": file, "sha256": sha, "dims": [cfg.dim_min, cfg.dim], "auto": auto_dims}
+        what = (
+            f"Universal, exactly O(d)-equivariant DiScoFormer for every d = {cfg.dim_min} … {cfg.dim} "
+            f"(one set of weights; d drawn per step with P(d) ∝ d^{cfg.dim_power})"
+        )
+    else:
+        entries[name] = {"file": file, "sha256": sha, "dim": cfg.dim, "auto": bool(auto)}
+        what = f"DiScoFormer for d = {cfg.dim} (arXiv:2511.05924)"
     registry.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
     curve = "\n".join(
         f"| {r['step']} | {r['elapsed_s']:.0f} | "
-        + " | ".join(f"{100 * r[k]:.1f}" for k in sorted(r) if k.startswith("rel_score_n"))
+        + " | ".join(f"{100 * r[k]:.1f}" for k in _curve_keys(r))
         + " |"
         for r in evals
     )
-    n_cols = " | ".join(k for k in sorted(evals[-1]) if k.startswith("rel_score_n")) if evals else ""
+    n_cols = " | ".join(k.removeprefix("rel_score_") for k in _curve_keys(evals[-1])) if evals else ""
     card = f"""# {name}
 
-DiScoFormer for d = {cfg.dim} (arXiv:2511.05924), trained on random Gaussian mixtures on CPU.
+{what}, trained on random Gaussian mixtures on CPU.
 
 - Architecture: {model.config.to_dict()} ({sum(p.numel() for p in model.parameters()):,} parameters)
 - Command: `{meta["command"]}`

@@ -20,16 +20,31 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_disco.estimators.discoformer import DiScoFormer, DiScoFormerConfig
+from pyro_disco.estimators.universal import UniversalConfig, UniversalDiScoFormer
 from pyro_disco.training.tasks import MixtureTask, log_uniform_int, sample_task
 
-__all__ = ["TrainConfig", "train", "task_loss", "evaluate", "validation_tasks"]
+__all__ = [
+    "TrainConfig",
+    "train",
+    "task_loss",
+    "evaluate",
+    "validation_tasks",
+    "build_model",
+    "UNIVERSAL_VAL_DIMS",
+]
+
+UNIVERSAL_VAL_DIMS = (2, 5, 10, 32)  # dimensions the universal model is validated on during training
 
 CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (saved in the checkpoint)."""
+    """Everything that defines a training run (saved in the checkpoint).
+
+    ``arch="discoformer"`` trains the per-dimension model for ``dim``; ``arch="universal"``
+    trains :class:`UniversalDiScoFormer` with ``d`` drawn per step from ``dim_min … dim`` with
+    probability ∝ ``d ** dim_power`` (higher d is harder: it gets more of the budget)."""
 
     dim: int
     steps: int = 20_000
@@ -49,9 +64,27 @@ class TrainConfig:
     threads: int | None = None
     device: str = "cpu"
     model: dict = field(default_factory=dict)  # DiScoFormerConfig overrides (d_model, num_layers, ...)
+    arch: str = "discoformer"
+    dim_min: int = 1
+    dim_power: float = 0.5
 
-    def model_config(self) -> DiScoFormerConfig:
+    def __post_init__(self):
+        if self.arch not in ("discoformer", "universal"):
+            raise ValueError(f"arch must be 'discoformer' or 'universal', got {self.arch!r}")
+        if self.arch == "universal" and not 1 <= self.dim_min <= self.dim:
+            raise ValueError(f"need 1 <= dim_min <= dim, got dim_min={self.dim_min}, dim={self.dim}")
+
+    def model_config(self) -> DiScoFormerConfig | UniversalConfig:
+        if self.arch == "universal":
+            return UniversalConfig(max_dim=self.dim, **self.model)
         return DiScoFormerConfig(dim=self.dim, **self.model)
+
+    def sample_dim(self, generator: torch.Generator) -> int:
+        """The dimension of the next training batch."""
+        if self.arch != "universal":
+            return self.dim
+        dims = torch.arange(self.dim_min, self.dim + 1, dtype=torch.float64)
+        return int(dims[torch.multinomial(dims**self.dim_power, 1, generator=generator)])
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -59,13 +92,26 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def build_model(config: DiScoFormerConfig | UniversalConfig) -> DiScoFormer | UniversalDiScoFormer:
+    """The network for an architecture config."""
+    if isinstance(config, UniversalConfig):
+        return UniversalDiScoFormer(config)
+    return DiScoFormer(config)
+
+
 def _weighted_mse(err: Tensor, weight: Tensor) -> Tensor:
     return (err * weight).mean()
 
 
-def task_loss(model: DiScoFormer, task: MixtureTask, alpha: float) -> tuple[Tensor, dict]:
+def task_loss(
+    model: DiScoFormer, task: MixtureTask, alpha: float, *, normalize: bool = False
+) -> tuple[Tensor, dict]:
     """α·MSE(log-density) + (1−α)·MSE(score per coordinate) over the context points, fresh
     on-support queries and off-support queries.
+
+    ``normalize=True`` (the universal model, trained over many d) divides the log-density
+    errors by d and each set's score errors by its mean squared target score on support, so
+    that every dimension and every mixture counts alike (the score term is then a relative MSE).
 
     Off-support targets can be huge (far from every component of a narrow mixture); their
     errors are divided by ``1 + |target|²`` (per coordinate for the score, on the residual
@@ -96,6 +142,10 @@ def task_loss(model: DiScoFormer, task: MixtureTask, alpha: float) -> tuple[Tens
         ],
         dim=1,
     )
+    if normalize:
+        err_l = err_l / d
+        scale = torch.cat([task.context_score, task.query_score[:, : (~off).sum(1).min()]], dim=1)
+        err_s = err_s / scale.square().mean(dim=(1, 2)).to(dtype).unsqueeze(1)
     loss_l, loss_s = err_l.mean(), err_s.mean()
     loss = alpha * loss_l + (1 - alpha) * loss_s
     return loss, {"logdensity": float(loss_l.detach()), "score": float(loss_s.detach())}
@@ -111,22 +161,34 @@ def validation_tasks(
     }
 
 
+def _validation_for(cfg: TrainConfig) -> dict[str, MixtureTask]:
+    if cfg.arch != "universal":
+        return {f"n{n}": t for n, t in validation_tasks(cfg.dim).items()}
+    out = {}
+    for d in UNIVERSAL_VAL_DIMS:
+        if cfg.dim_min <= d <= cfg.dim:
+            out.update({f"d{d}_n{n}": t for n, t in validation_tasks(d, num_sets=8).items()})
+    return out
+
+
 @torch.no_grad()
-def evaluate(model: DiScoFormer, tasks: dict[int, MixtureTask]) -> dict[str, float]:
-    """Relative score MSE (whitened space) and log-density MSE at fresh points and at the samples."""
+def evaluate(model: DiScoFormer, tasks: dict) -> dict[str, float]:
+    """Relative score MSE (whitened space) and log-density MSE at fresh points and at the samples,
+    one entry per task key (``n`` or a tag like ``"d10_n1024"``)."""
     was_training = model.training
     model.eval()
     dtype = next(model.parameters()).dtype
     out = {}
-    for n, t in tasks.items():
+    for key, t in tasks.items():
+        n = key if isinstance(key, str) and not key.isdigit() else f"n{key}"
         enc = model.encode(t.context.to(dtype))
         lx, sx = model.at_context(t.context.to(dtype), enc)
         ly, sy = model.query(enc, t.queries.to(dtype))
-        out[f"rel_score_n{n}"] = float(
+        out[f"rel_score_{n}"] = float(
             (sy.double() - t.query_score).square().sum() / t.query_score.square().sum()
         )
-        out[f"logdens_n{n}"] = float((ly.double() - t.query_logdensity).square().mean())
-        out[f"rel_score_at_samples_n{n}"] = float(
+        out[f"logdens_{n}"] = float((ly.double() - t.query_logdensity).square().mean())
+        out[f"rel_score_at_samples_{n}"] = float(
             (sx.double() - t.context_score).square().sum() / t.context_score.square().sum()
         )
     model.train(was_training)
@@ -158,7 +220,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Di
     device = torch.device(cfg.device)
     with torch.random.fork_rng(devices=[]):  # reproducible init without touching the caller's RNG
         torch.manual_seed(cfg.seed)
-        model = DiScoFormer(cfg.model_config()).to(device)
+        model = build_model(cfg.model_config()).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, elapsed = 0, 0.0
@@ -172,7 +234,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Di
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
-    val = validation_tasks(cfg.dim)
+    val = _validation_for(cfg)
     gen_state = gen.get_state()  # the RNG at the start of the next step: an interrupted step is redone
     log_path = out / "log.jsonl"
     if log_path.exists():  # drop records of steps after the checkpoint: they are redone
@@ -202,17 +264,19 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Di
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, on_term)
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train d={cfg.dim}")
+    desc = f"train d={cfg.dim}" if cfg.arch != "universal" else f"train universal d={cfg.dim_min}…{cfg.dim}"
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=desc)
     bad = 0
     model.train()
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
-            n = log_uniform_int(cfg.n_min, cfg.n_max, generator=gen)
+            dim = cfg.sample_dim(gen)
+            n = max(log_uniform_int(cfg.n_min, cfg.n_max, generator=gen), 2 * dim + 2)
             batch = max(1, cfg.tokens_per_step // n)
             task = sample_task(
                 batch,
-                cfg.dim,
+                dim,
                 n,
                 cfg.num_queries,
                 off_support_fraction=cfg.off_support_fraction,
@@ -221,7 +285,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Di
             task = MixtureTask(*(t.to(device) for t in task))
             for group in opt.param_groups:
                 group["lr"] = _lr(cfg, step)
-            loss, parts = task_loss(model, task, cfg.alpha)
+            loss, parts = task_loss(model, task, cfg.alpha, normalize=cfg.arch == "universal")
             opt.zero_grad(set_to_none=True)
             if not torch.isfinite(loss):
                 bad += 1
@@ -238,6 +302,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Di
             record = {
                 "step": step,
                 "n": n,
+                "d": dim,
                 "loss": float(loss.detach()),
                 **parts,
                 "grad_norm": float(gnorm),

@@ -1,0 +1,279 @@
+r"""One DiScoFormer for every dimension, exactly rotation-equivariant.
+
+After whitening, the only symmetry the per-dimension models still have to *learn* is O(d).
+This network touches the whitened coordinates only through inner products and linear
+combinations, so it is exactly O(d)-equivariant (rotations and reflections), and no weight
+has a shape that depends on d: one set of weights serves every ``d ≤ max_dim``.
+
+Each token carries an invariant state :math:`h_i` and its (fixed) whitened position
+:math:`p_i`. Attention head :math:`h` of layer :math:`l` uses the logits
+
+.. math:: q_i \cdot k_j / \sqrt{e} - \beta_{lh} \|p_i - p_j\|^2,
+
+(one fused ``scaled_dot_product_attention`` call: ``[q/√e, 2βp_i, 1]`` against
+``[k_j, p_j, −β‖p_j‖²]``; values are ``[v_j, p_j, 0]``, padded to the query width so PyTorch
+stays on its fused kernel), with :math:`\beta_{lh} = e^{\theta_{lh}} / (2 h_n^2)` and Scott's
+whitened bandwidth :math:`h_n = n^{-1/(d+4)}`. Each head returns invariant values and the
+*score message* :math:`s_{ilh} = 2\beta_{lh} (\sum_j A_{ij} p_j - p_i)` (with ``q·k = 0`` this
+is exactly the score of a Gaussian KDE of bandwidth :math:`(2\beta_{lh})^{-1/2}`). The Gram
+matrix of :math:`\{p_i, s_{il1}, \dots, s_{ilH}\}` (divided by d) feeds the residual stream.
+Invariant inputs: :math:`\|p\|^2/d`, :math:`\log d`, :math:`\log n` and Gaussian-KDE features
+at several multiples of Scott's bandwidth (their log-density corrections and the Gram matrix of
+their score corrections). Outputs, with invariant gates :math:`g, \gamma` from the final state:
+
+.. math:: s(p) = -p + \sum_k \gamma_k\, c_k(p) + \sum_{l,h} g_{lh}\, s_{lh}(p), \qquad
+          \log f(p) = -\tfrac d2 \log 2\pi - \tfrac12\|p\|^2 + \sum_k \gamma'_k\, \ell_k(p) + u(h),
+
+where :math:`c_k, \ell_k` are the score and log-density corrections of the KDE at bandwidth
+:math:`k`. At initialisation every gate is zero except :math:`\gamma_k = \gamma'_k = 1` on
+Scott's bandwidth: the untrained network *is* Scott's KDE.
+
+Example:
+    >>> model = UniversalDiScoFormer(UniversalConfig())
+    >>> ctx = model.encode(torch.randn(3, 100, 7))            # any d <= max_dim
+    >>> logf, score = model.query(ctx, torch.randn(3, 5, 7))  # B m, B m d
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pyro_disco.estimators.discoformer import kde_features
+
+__all__ = ["UniversalConfig", "UniversalDiScoFormer", "UniversalContext"]
+
+
+@dataclass(frozen=True)
+class UniversalConfig:
+    """Architecture of the universal model; saved inside every checkpoint."""
+
+    max_dim: int = 32
+    d_model: int = 128
+    num_layers: int = 4
+    num_heads: int = 8
+    head_dim: int = 16  # width of each head's invariant query/key/value
+    d_ff: int = 512
+    kde_features: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0)  # multiples of Scott's bandwidth
+    head_bandwidths: tuple[float, float] = (0.5, 2.0)  # initial range of the heads' bandwidths (× Scott)
+    arch: str = "universal"
+
+    def __post_init__(self):
+        object.__setattr__(self, "kde_features", tuple(float(c) for c in self.kde_features))
+        object.__setattr__(self, "head_bandwidths", tuple(float(c) for c in self.head_bandwidths))
+        if self.max_dim < 1 or self.num_heads < 1 or self.head_dim < 1 or 1.0 not in self.kde_features:
+            raise ValueError(
+                f"invalid config: max_dim={self.max_dim}, heads={self.num_heads}, head_dim={self.head_dim}, "
+                f"kde_features={self.kde_features} (must contain 1.0, Scott's bandwidth)"
+            )
+        if self.arch != "universal":
+            raise ValueError(f"UniversalConfig.arch must be 'universal', got {self.arch!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def dims(self) -> range:
+        return range(1, self.max_dim + 1)
+
+
+class UniversalContext(NamedTuple):
+    """The encoded context: per-layer keys/values ``(B, H, n, ·)`` and positional key terms,
+    the final states ``(B, n, C)``, the per-layer score messages ``(B, n, L·H, d)``, the
+    whitened context ``(B, n, d)`` and its KDE features."""
+
+    keys: list[Tensor]
+    values: list[Tensor]
+    states: Tensor
+    messages: Tensor
+    context: Tensor
+    features: tuple[Tensor, Tensor]
+
+
+def _gram_features(vectors: Tensor, dim: int) -> Tensor:
+    """Upper triangle of the Gram matrix of ``vectors`` ``(..., V, d)``, divided by ``d``, asinh'd."""
+    gram = vectors @ vectors.transpose(-1, -2) / dim  # ... V V
+    i, j = torch.triu_indices(gram.shape[-1], gram.shape[-1], device=gram.device)
+    return torch.asinh(gram[..., i, j])
+
+
+class EquivariantBlock(nn.Module):
+    """Pre-LN block: distance-biased attention with vector messages, Gram update, FFN."""
+
+    def __init__(self, cfg: UniversalConfig):
+        super().__init__()
+        self.h, self.e = cfg.num_heads, cfg.head_dim
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.num_heads * cfg.head_dim)
+        self.proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.d_model)
+        v = cfg.num_heads + 1
+        self.gram = nn.Linear(v * (v + 1) // 2, cfg.d_model)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, cfg.d_model)
+        )
+        lo, hi = cfg.head_bandwidths
+        mult = torch.exp(torch.linspace(math.log(lo), math.log(hi), cfg.num_heads))
+        self.log_beta = nn.Parameter(-2 * torch.log(mult))  # β = e^θ / (2 h_n²): bandwidth = mult · h_n
+
+    def _split(self, t: Tensor) -> Tensor:
+        b, n, _ = t.shape
+        return t.view(b, n, self.h, self.e).transpose(1, 2)  # B H n e
+
+    def beta(self, scott: float) -> Tensor:
+        return self.log_beta.exp() / (2 * scott**2)  # H
+
+    def keys_values(self, h: Tensor, p: Tensor, scott: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Queries, keys and values of the tokens ``h`` ``(B, n, C)`` at positions ``p`` ``(B, n, d)``."""
+        q, k, v = (self._split(t) for t in self.qkv(self.ln1(h)).chunk(3, dim=-1))
+        beta = self.beta(scott).to(p.dtype).view(1, -1, 1, 1)  # 1 H 1 1
+        pp = p.unsqueeze(1).expand(-1, self.h, -1, -1)  # B H n d
+        sq = p.square().sum(-1, keepdim=True).unsqueeze(1)  # B 1 n 1
+        ones = torch.ones_like(sq).expand(-1, self.h, -1, -1)
+        qx = torch.cat([q / math.sqrt(self.e), 2 * beta * pp, ones], dim=-1)
+        kx = torch.cat([k, pp, -beta * sq], dim=-1)
+        vx = torch.cat([v, pp, torch.zeros_like(ones)], dim=-1)  # padded: same width as q and k
+        return qx, kx, vx, beta
+
+    def attend(self, h: Tensor, p: Tensor, qx: Tensor, beta: Tensor, k: Tensor, v: Tensor, block: int):
+        """Update states ``h`` ``(B, m, C)`` of tokens at ``p`` attending to ``k``, ``v``; returns the
+        new states and the score messages ``(B, m, H, d)``."""
+        if qx.shape[-2] <= block:
+            out = F.scaled_dot_product_attention(qx, k, v, scale=1.0)
+        else:
+            out = torch.cat(
+                [F.scaled_dot_product_attention(qb, k, v, scale=1.0) for qb in qx.split(block, dim=-2)],
+                dim=-2,
+            )
+        d = p.shape[-1]
+        vals = out[..., : self.e].transpose(1, 2).flatten(-2)  # B m (H e)
+        msg = (2 * beta * (out[..., self.e : self.e + d] - p.unsqueeze(1))).transpose(1, 2)  # B m H d
+        vectors = torch.cat([p.unsqueeze(-2), msg], dim=-2)  # B m (H+1) d
+        h = h + self.proj(vals) + self.gram(_gram_features(vectors, d))
+        return h + self.ffn(self.ln2(h)), msg
+
+
+class UniversalDiScoFormer(nn.Module):
+    """The universal network on *whitened* coordinates of any ``d ≤ max_dim``; see the module
+    docstring. Same interface as :class:`~pyro_disco.estimators.discoformer.DiScoFormer`."""
+
+    def __init__(self, config: UniversalConfig):
+        super().__init__()
+        self.config = config
+        k = len(config.kde_features)
+        n_in = 5 + 2 * k + (k + 1) * (k + 2) // 2
+        self.embed = nn.Linear(n_in, config.d_model)
+        self.blocks = nn.ModuleList(EquivariantBlock(config) for _ in range(config.num_layers))
+        self.ln_f = nn.LayerNorm(config.d_model)
+        n_msg = config.num_layers * config.num_heads
+        self.logdensity_head = nn.Sequential(
+            nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.Linear(config.d_model, 1 + k)
+        )
+        self.score_head = nn.Sequential(
+            nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.Linear(config.d_model, k + n_msg)
+        )
+        for head in (self.logdensity_head, self.score_head):
+            nn.init.zeros_(head[-1].weight)
+            nn.init.zeros_(head[-1].bias)
+        j = config.kde_features.index(1.0)  # start exactly as Scott's KDE
+        with torch.no_grad():
+            self.logdensity_head[-1].bias[1 + j] = 1.0
+            self.score_head[-1].bias[j] = 1.0
+
+    def check_dim(self, dim: int) -> None:
+        """Raise a clear error when ``dim`` is outside the dimensions the weights were trained on."""
+        if not 1 <= dim <= self.config.max_dim:
+            raise ValueError(
+                f"the universal DiScoFormer covers d = 1 … {self.config.max_dim}, but the samples have "
+                f"d={dim}; use estimator='kde' (Gaussian KDE) for higher dimensions"
+            )
+
+    @staticmethod
+    def _scott(n: int, d: int) -> float:
+        return n ** (-1.0 / (d + 4))
+
+    def _inputs(self, y: Tensor, n: int, features: tuple[Tensor, Tensor]) -> Tensor:
+        """Invariant input features of tokens at ``y`` ``(B, m, d)``."""
+        d = y.shape[-1]
+        logs, scores = features  # B m K, B m K d
+        r2 = y.square().sum(-1, keepdim=True) / d
+        const = y.new_tensor([math.log(d), math.log(n) / 8, 1.0 / d]).expand(*y.shape[:-1], 3)
+        vectors = torch.cat([y.unsqueeze(-2), scores], dim=-2)  # B m (K+1) d
+        return torch.cat(
+            [
+                torch.asinh(r2),
+                torch.asinh((r2 - 1) * math.sqrt(d)),
+                const,
+                torch.asinh(logs),
+                torch.asinh(logs / d),
+                _gram_features(vectors, d),
+            ],
+            dim=-1,
+        )
+
+    def _features(self, y: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        n, d = context.shape[-2:]
+        scott = self._scott(n, d)
+        return kde_features(y, context, [c * scott for c in self.config.kde_features])
+
+    def _heads(self, y: Tensor, h: Tensor, messages: Tensor, features) -> tuple[Tensor, Tensor]:
+        d = y.shape[-1]
+        k = len(self.config.kde_features)
+        h = self.ln_f(h)
+        lh = self.logdensity_head(h)  # B m (1 + K)
+        sh = self.score_head(h)  # B m (K + L H)
+        logs, scores = features
+        logf = (
+            lh[..., 0]
+            + (lh[..., 1:] * logs).sum(-1)
+            - 0.5 * y.square().sum(-1)
+            - 0.5 * d * math.log(2 * math.pi)
+        )
+        score = (
+            (sh[..., :k].unsqueeze(-1) * scores).sum(-2) + (sh[..., k:].unsqueeze(-1) * messages).sum(-2) - y
+        )
+        return logf, score
+
+    def encode(self, context: Tensor, *, block_size: int = 4096) -> UniversalContext:
+        """Run the encoder over whitened samples ``(B, n, d)``."""
+        n, d = context.shape[-2:]
+        self.check_dim(d)
+        scott = self._scott(n, d)
+        features = self._features(context, context)
+        h = self.embed(self._inputs(context, n, features))
+        keys, values, messages = [], [], []
+        for block in self.blocks:
+            qx, kx, vx, beta = block.keys_values(h, context, scott)
+            h, msg = block.attend(h, context, qx, beta, kx, vx, block_size)
+            keys.append(kx)
+            values.append(vx)
+            messages.append(msg)
+        return UniversalContext(keys, values, h, torch.cat(messages, dim=-2), context, features)
+
+    def at_context(self, context: Tensor, encoded: UniversalContext) -> tuple[Tensor, Tensor]:
+        """Log-density ``(B, n)`` and score ``(B, n, d)`` at the samples themselves (free)."""
+        return self._heads(context, encoded.states, encoded.messages, encoded.features)
+
+    def query(self, encoded: UniversalContext, y: Tensor, *, block_size: int = 4096) -> tuple[Tensor, Tensor]:
+        """Log-density ``(B, m)`` and score ``(B, m, d)`` at whitened queries ``y`` ``(B, m, d)``."""
+        context = encoded.context
+        n, d = context.shape[-2:]
+        if y.shape[-1] != d:
+            raise ValueError(f"queries have d={y.shape[-1]} but the context has d={d}")
+        scott = self._scott(n, d)
+        features = self._features(y, context)
+        g = self.embed(self._inputs(y, n, features))
+        messages = []
+        for block, kx, vx in zip(self.blocks, encoded.keys, encoded.values):
+            qx, _, _, beta = block.keys_values(g, y, scott)
+            g, msg = block.attend(g, y, qx, beta, kx, vx, block_size)
+            messages.append(msg)
+        return self._heads(y, g, torch.cat(messages, dim=-2), features)
+
+    def forward(self, context: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        return self.query(self.encode(context), y)
