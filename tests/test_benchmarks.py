@@ -14,14 +14,19 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     [
         ("samplers.py", ["--smoke"], "MALA"),
         ("fisher.py", ["--quick"], "KSD"),
-        ("equivariance.py", ["--trials", "1"], "| permutation |"),
+        ("equivariance.py", ["--trials", "1", "--universal-dims", "3"], "| permutation |"),
         (
             "accuracy.py",
             ["--reps", "1", "--sizes", "256", "--tta-max-n", "256", "--out", "{tmp}/acc.md"],
             "Scott KDE",
         ),
-        ("scale.py", ["--n", "512", "--m", "256"], "transformer / KDE time ratio"),
-        ("pde.py", [], "BKW d=3"),
+        ("scale.py", ["--n", "512", "--m", "256", "--universal"], "universal / KDE time ratio"),
+        ("pde.py", ["--sizes", "300"], "BKW d=3"),
+        (
+            "universal.py",
+            ["--dims", "2", "7", "--sizes", "256", "--reps", "1", "--out", "{tmp}/u.md"],
+            "auto-dims:",
+        ),
     ],
 )
 def test_benchmark_script_runs(script, args, expect, tmp_path):

@@ -5,11 +5,15 @@ The whitening map is :math:`x \mapsto (x - \mu) A` with
 .. math:: A = D^{-1} R^{-1/2}, \qquad D = \operatorname{diag}(\sigma_1, \dots, \sigma_d),
 
 where :math:`\sigma_j` are the coordinates' standard deviations and :math:`R^{-1/2}` is the
-*symmetric* inverse square root of the (regularised) correlation matrix. Then
-:math:`A^\top \Sigma A = I`. Standardising first makes the map exactly equivariant under
-translations and under isotropic *and* anisotropic (diagonal) scalings — the whitened
-coordinates do not change at all — while a rotation of the input becomes an orthogonal map of
-the whitened coordinates, which the network learns (DiScoFormer, arXiv:2511.05924, §3.1).
+*symmetric* inverse square root of the correlation matrix. Then :math:`A^\top \Sigma A = I`
+(to round-off: no ridge is added — samples whose correlation matrix is near-singular are
+rejected instead). Standardising first makes the map exactly equivariant under translations
+and under isotropic *and* anisotropic (diagonal) scalings — the whitened coordinates do not
+change at all — while any other invertible linear map of the input (a rotation, a reflection)
+becomes an orthogonal map of the whitened coordinates, since any two whitening maps of the
+same samples differ by one. The per-dimension networks learn that symmetry (DiScoFormer,
+arXiv:2511.05924, §3.1); the universal network is exactly O(d)-equivariant, so it inherits
+exact equivariance under every affine map.
 Outputs map back as :math:`\log f(y) = \log f_w(y_w) + \log|\det A|` and
 :math:`\nabla \log f(y) = A\, \nabla \log f_w(y_w)` (row vectors: ``s_w @ A.T``).
 """
@@ -25,7 +29,6 @@ from pyro_disco._validation import DegenerateSamplesError
 
 __all__ = ["Whitening", "fit_whitening"]
 
-_REGULARIZATION = 1e-8  # added to the correlation matrix's diagonal; scale-free by construction
 _DEGENERATE = 1e-10  # smallest admissible correlation eigenvalue (relative to the largest)
 
 
@@ -74,7 +77,6 @@ def fit_whitening(samples: Tensor) -> Whitening:
             "samples are degenerate: they lie in a lower-dimensional affine subspace "
             f"(smallest/largest correlation eigenvalue {float((evals[..., 0] / evals[..., -1]).min()):.2e})"
         )
-    evals = evals + _REGULARIZATION
     inv_sqrt = (evecs * evals.rsqrt().unsqueeze(-2)) @ evecs.transpose(-1, -2)
     matrix = inv_sqrt / std.unsqueeze(-1)  # D^{-1} R^{-1/2}: row j scaled by 1/std_j
     logabsdet = -std.log().sum(-1) - 0.5 * evals.log().sum(-1)
