@@ -36,8 +36,9 @@ def mixture_1d() -> GaussianMixture:
     return GaussianMixture(weights, means, (stds**2).reshape(3, 1, 1))
 
 
-def quadrature_truth_1d(target: GaussianMixture, lo: float = -12.0, hi: float = 12.0,
-                        num: int = 400_001) -> tuple[float, float]:
+def quadrature_truth_1d(
+    target: GaussianMixture, lo: float = -12.0, hi: float = 12.0, num: int = 400_001
+) -> tuple[float, float]:
     """``(J, H)`` of a 1-D density by the trapezoidal rule on a fine grid."""
     grid = torch.linspace(lo, hi, num, dtype=DTYPE).unsqueeze(-1)
     logp, score = target.logdensity_and_score(grid)
@@ -63,6 +64,7 @@ def transformer_factory(d: int):
     """``pretrained_estimator`` if weights exist for ``d``, else ``None``."""
     try:
         from pyro_disco.pretrained import available_dims, pretrained_estimator
+
         return pretrained_estimator if d in available_dims() else None
     except (ImportError, AttributeError, OSError, ValueError):
         return None
@@ -84,12 +86,15 @@ def estimators(d: int) -> dict:
 
 def _sdkde_with(factory, samples):
     from pyro_disco import SDKDE
+
     return SDKDE(samples, factory(samples))
 
 
 def error_table(sizes, num_reps, seed):
-    cases = {"mixture-1d": (mixture_1d(), quadrature_truth_1d),
-             "gaussian-10d": (gaussian_10d(), gaussian_truth)}
+    cases = {
+        "mixture-1d": (mixture_1d(), quadrature_truth_1d),
+        "gaussian-10d": (gaussian_10d(), gaussian_truth),
+    }
     rows = []
     for case, (target, truth_fn) in cases.items():
         j_true, h_true = truth_fn(target)
@@ -138,15 +143,23 @@ def main(argv=None):
     torch.manual_seed(args.seed)
 
     print(f"Fisher information J and entropy H: RMSE over {num_reps} repetitions (float64, CPU)")
-    print("bandwidths: Scott KDE factor n^(-1/(d+4)) x Cov^(1/2); Emp-SD-KDE rule 'sd' 0.4 n^(-1/(d+8)) "
-          "(robust 1-D scale); cross-fit = built on one half, evaluated on the other")
-    print(f"{'case':<13} {'estimator':<27} {'n':>5} {'J true':>8} {'J RMSE':>8} {'J rel%':>7} "
-          f"{'H true':>8} {'H RMSE':>8} {'s/rep':>6}")
+    print(
+        "bandwidths: Scott KDE factor n^(-1/(d+4)) x Cov^(1/2); Emp-SD-KDE rule 'sd' 0.4 n^(-1/(d+8)) "
+        "(robust 1-D scale); cross-fit = built on one half, evaluated on the other"
+    )
+    print(
+        f"{'case':<13} {'estimator':<27} {'n':>5} {'J true':>8} {'J RMSE':>8} {'J rel%':>7} "
+        f"{'H true':>8} {'H RMSE':>8} {'s/rep':>6}"
+    )
     for case, name, n, j_true, j_rmse, h_true, h_rmse, sec in error_table(sizes, num_reps, args.seed):
-        print(f"{case:<13} {name:<27} {n:>5} {j_true:>8.4f} {j_rmse:>8.4f} {100 * j_rmse / j_true:>7.1f} "
-              f"{h_true:>8.4f} {h_rmse:>8.4f} {sec:>6.2f}")
-    print(f"\nKSD test (IMQ, median bandwidth, 500 wild-bootstrap draws), d = 2, n = 500, alpha = 0.05, "
-          f"{ksd_reps} repetitions:")
+        print(
+            f"{case:<13} {name:<27} {n:>5} {j_true:>8.4f} {j_rmse:>8.4f} {100 * j_rmse / j_true:>7.1f} "
+            f"{h_true:>8.4f} {h_rmse:>8.4f} {sec:>6.2f}"
+        )
+    print(
+        f"\nKSD test (IMQ, median bandwidth, 500 wild-bootstrap draws), d = 2, n = 500, alpha = 0.05, "
+        f"{ksd_reps} repetitions:"
+    )
     for label, (rate, se) in ksd_rates(ksd_reps, seed=args.seed).items():
         print(f"  {label:<26} rejection rate {rate:.3f} +- {se:.3f}")
 

@@ -74,8 +74,10 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     print("relative errors at the final time T (and at t = 0: the Monte Carlo floor of the draw)")
-    print(f"{'case':<11} {'n':>5} {'score':<12} {'cov(T)':>9} {'cov(0)':>9} {'m4(T)':>9} {'m4(0)':>9} "
-          f"{'time s':>7}")
+    print(
+        f"{'case':<11} {'n':>5} {'score':<12} {'cov(T)':>9} {'cov(0)':>9} {'m4(T)':>9} {'m4(0)':>9} "
+        f"{'time s':>7}"
+    )
     for name, problem, final_time, step in cases():
         d = problem.dim
         transformer, why = transformer_factory(d)
@@ -93,8 +95,9 @@ def main(argv=None) -> None:
                 exact = MaxwellRelaxation.from_particles(problem.problem, x0)
             for label, score in scores.items():
                 start = time.perf_counter()
-                traj = solve(exact, x0, [0.0, final_time], score=score, method="heun", step_size=step,
-                             progress=False)
+                traj = solve(
+                    exact, x0, [0.0, final_time], score=score, method="heun", step_size=step, progress=False
+                )
                 elapsed = time.perf_counter() - start
                 dg = traj.diagnostics
                 ce, me = dg["covariance_error"], dg.get("fourth_moment_error")

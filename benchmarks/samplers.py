@@ -84,8 +84,10 @@ def main(argv=None) -> None:
         print(f"{name:<22} {score_name:<14} {x.shape[0]:>6} {merr:>9.4f} {cerr:>9.4f} {k} {seconds:>7.1f}")
 
     print(f"target: 2-D two-component Gaussian mixture; learned scores from n = {samples.shape[0]} draws")
-    print(f"{'sampler':<22} {'score':<14} {'points':>6} {'mean err':>9} {'cov err':>9} {'KSD^2 (U)':>10} "
-          f"{'seconds':>7}")
+    print(
+        f"{'sampler':<22} {'score':<14} {'points':>6} {'mean err':>9} {'cov err':>9} {'KSD^2 (U)':>10} "
+        f"{'seconds':>7}"
+    )
     report("iid exact draws", "-", target.sample(n_chains, generator=gen), 0.0)
     report("iid exact draws", "-", target.sample(n_particles, generator=gen), 0.0)
     scores = {"exact": target, **learned_scores(samples)}

@@ -61,8 +61,10 @@ class LearnedScore(TorchDistribution):
 
     Args:
         samples: ``(n, d)`` draws of the distribution (not modified, not copied).
-        estimator: ``"auto"`` (default: the pretrained transformer when weights for ``d``
-            exist, else Gaussian KDE with Scott's bandwidth), ``"transformer"``, ``"kde"``,
+        estimator: ``"auto"`` (default: the shipped transformer for ``d`` — the universal model
+            or the per-dimension one, whichever the accuracy benchmark found better — where
+            it beats Scott's KDE, see ``pretrained.auto_dims()``; else Gaussian KDE with
+            Scott's bandwidth), ``"transformer"``, ``"kde"``,
             ``"sdkde"``, ``"emp-sdkde"``, or any object with ``dim``, ``logdensity(x)``,
             ``score(x)``. ``estimator_name`` records which one was built.
         adapt_steps: test-time adaptation steps (transformer only; ``0`` = none).

@@ -16,7 +16,8 @@ def resolve_estimator(samples: Tensor, estimator="auto", **estimator_kwargs):
     """Build an estimator on ``samples`` ``(n, d)``; returns ``(estimator, name)``.
 
     - ``"auto"``: the pretrained transformer when weights for ``d`` ship with the package and
-      the accuracy benchmark found them better than Scott's KDE (``pretrained.auto_dims()``),
+      the accuracy benchmark found them better than Scott's KDE (``pretrained.auto_dims()``;
+      the model is ``pretrained.default_model_name(d)``: universal or per-dimension),
       else Gaussian KDE (Scott's bandwidth unless ``bandwidth=`` is given);
     - ``"transformer"``: the pretrained transformer (error naming the shipped dimensions if none);
     - ``"kde"``: :class:`GaussianKDE` (Scott); ``"silverman-kde"``: Silverman's rule;

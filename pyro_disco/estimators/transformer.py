@@ -27,6 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from pyro_disco._validation import as_samples
 from pyro_disco.estimators.base import SampleEstimator
 from pyro_disco.estimators.discoformer import DiScoFormer
+from pyro_disco.estimators.universal import UniversalDiScoFormer
 from pyro_disco.estimators.whitening import fit_whitening
 
 __all__ = ["DiScoFormerEstimator", "consistency_loss"]
@@ -47,7 +48,12 @@ class DiScoFormerEstimator(SampleEstimator):
     """
 
     def __init__(
-        self, model: DiScoFormer, samples: Tensor, *, block_size: int = 2048, query_block: int = 8192
+        self,
+        model: DiScoFormer | UniversalDiScoFormer,
+        samples: Tensor,
+        *,
+        block_size: int = 2048,
+        query_block: int = 8192,
     ):
         x = as_samples(samples)
         model.check_dim(x.shape[1])
@@ -156,7 +162,7 @@ class DiScoFormerEstimator(SampleEstimator):
 
 
 def consistency_loss(
-    model: DiScoFormer, context: Tensor, queries: Tensor, *, block_size: int = 2048
+    model: DiScoFormer | UniversalDiScoFormer, context: Tensor, queries: Tensor, *, block_size: int = 2048
 ) -> Tensor:
     """Mean squared gap between the score head and the gradient of the log-density head, at
     whitened ``queries`` ``(B, m, d)`` given whitened ``context`` ``(B, n, d)``."""

@@ -71,6 +71,12 @@ class UniversalConfig:
                 f"invalid config: max_dim={self.max_dim}, heads={self.num_heads}, head_dim={self.head_dim}, "
                 f"kde_features={self.kde_features} (must contain 1.0, Scott's bandwidth)"
             )
+        lo, hi = self.head_bandwidths
+        if not 0 < lo <= hi or min(self.d_model, self.d_ff, self.num_layers) < 1:
+            raise ValueError(
+                f"invalid config: head_bandwidths={self.head_bandwidths} (need 0 < lo <= hi), "
+                f"d_model={self.d_model}, d_ff={self.d_ff}, num_layers={self.num_layers}"
+            )
         if self.arch != "universal":
             raise ValueError(f"UniversalConfig.arch must be 'universal', got {self.arch!r}")
 
