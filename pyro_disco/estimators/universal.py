@@ -134,16 +134,26 @@ class EquivariantBlock(nn.Module):
     def beta(self, scott: float) -> Tensor:
         return self.log_beta.exp() / (2 * scott**2)  # H
 
-    def keys_values(self, h: Tensor, p: Tensor, scott: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Queries, keys and values of the tokens ``h`` ``(B, n, C)`` at positions ``p`` ``(B, n, d)``."""
-        q, k, v = (self._split(t) for t in self.qkv(self.ln1(h)).chunk(3, dim=-1))
+    def keys_values(
+        self, h: Tensor, p: Tensor, scott: float, *, queries_only: bool = False
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
+        """Queries, keys and values (``None`` with ``queries_only``) of the tokens ``h``
+        ``(B, n, C)`` at positions ``p`` ``(B, n, d)``, and the heads' β ``(1, H, 1, 1)``."""
+        x = self.ln1(h)
+        width = self.h * self.e
+        if queries_only:  # query tokens never serve as keys: skip two thirds of the projection
+            q, k, v = F.linear(x, self.qkv.weight[:width], self.qkv.bias[:width]), None, None
+        else:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
         beta = self.beta(scott).to(p.dtype).view(1, -1, 1, 1)  # 1 H 1 1
         pp = p.unsqueeze(1).expand(-1, self.h, -1, -1)  # B H n d
         sq = p.square().sum(-1, keepdim=True).unsqueeze(1)  # B 1 n 1
         ones = torch.ones_like(sq).expand(-1, self.h, -1, -1)
-        qx = torch.cat([q / math.sqrt(self.e), 2 * beta * pp, ones], dim=-1)
-        kx = torch.cat([k, pp, -beta * sq], dim=-1)
-        vx = torch.cat([v, pp, torch.zeros_like(ones)], dim=-1)  # padded: same width as q and k
+        qx = torch.cat([self._split(q) / math.sqrt(self.e), 2 * beta * pp, ones], dim=-1)
+        if queries_only:
+            return qx, None, None, beta
+        kx = torch.cat([self._split(k), pp, -beta * sq], dim=-1)
+        vx = torch.cat([self._split(v), pp, torch.zeros_like(ones)], dim=-1)  # padded: width of q and k
         return qx, kx, vx, beta
 
     def attend(self, h: Tensor, p: Tensor, qx: Tensor, beta: Tensor, k: Tensor, v: Tensor, block: int):
@@ -276,7 +286,7 @@ class UniversalDiScoFormer(nn.Module):
         g = self.embed(self._inputs(y, n, features))
         messages = []
         for block, kx, vx in zip(self.blocks, encoded.keys, encoded.values):
-            qx, _, _, beta = block.keys_values(g, y, scott)
+            qx, _, _, beta = block.keys_values(g, y, scott, queries_only=True)
             g, msg = block.attend(g, y, qx, beta, kx, vx, block_size)
             messages.append(msg)
         return self._heads(y, g, torch.cat(messages, dim=-2), features)
