@@ -40,6 +40,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         arch=args.arch,
         dim_min=args.dim_min,
         dim_power=args.dim_power,
+        score_metric=args.score_metric,
     )
     train(cfg, args.out, progress=not args.no_progress)
     return 0
@@ -133,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim-min", type=int, default=1, help="universal: smallest training dimension")
     p.add_argument("--dim-power", type=float, default=0.5, help="universal: P(d) ∝ d ** dim_power")
     p.add_argument("--head-dim", type=int, default=None, help="universal: width of each attention head")
+    p.add_argument(
+        "--score-metric",
+        choices=("whitened", "both"),
+        default="whitened",
+        help="universal: relative score error in whitened coordinates, or averaged with original ones",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_train)
 

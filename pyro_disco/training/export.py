@@ -19,6 +19,7 @@ def train_command(cfg: TrainConfig, out: str) -> str:
     flags = [f"--dim {cfg.dim}", f"--out {out}"]
     if cfg.arch != default.arch:
         flags += [f"--arch {cfg.arch}", f"--dim-min {cfg.dim_min}", f"--dim-power {cfg.dim_power}"]
+        flags += [f"--score-metric {cfg.score_metric}"]
     for name in (
         "steps",
         "tokens_per_step",

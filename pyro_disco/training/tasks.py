@@ -68,7 +68,8 @@ class MixtureTask(NamedTuple):
     ``context`` ``(B, n, d)``; ``context_logdensity`` ``(B, n)``, ``context_score`` ``(B, n, d)``:
     exact targets at the samples; ``queries`` ``(B, m, d)`` with targets ``query_logdensity``
     ``(B, m)``, ``query_score`` ``(B, m, d)``; ``off_support`` ``(B, m)`` bool marks queries
-    drawn from the second mixture."""
+    drawn from the second mixture; ``whitening`` ``(B, d, d)`` is each set's whitening matrix A
+    (original-space scores are ``s_w @ A.T``)."""
 
     context: Tensor
     context_logdensity: Tensor
@@ -77,6 +78,7 @@ class MixtureTask(NamedTuple):
     query_logdensity: Tensor
     query_score: Tensor
     off_support: Tensor
+    whitening: Tensor
 
 
 def sample_task(
@@ -107,5 +109,12 @@ def sample_task(
     ly, sy = mix.logdensity_and_score(y)
     shift = w.logabsdet.unsqueeze(-1)
     return MixtureTask(
-        w.apply(x), lx - shift, w.score_forward(sx), w.apply(y), ly - shift, w.score_forward(sy), off
+        w.apply(x),
+        lx - shift,
+        w.score_forward(sx),
+        w.apply(y),
+        ly - shift,
+        w.score_forward(sy),
+        off,
+        w.matrix,
     )
