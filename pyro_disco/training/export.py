@@ -41,7 +41,8 @@ def train_command(cfg: TrainConfig, out: str) -> str:
 
 
 def _curve_keys(record: dict) -> list[str]:
-    return [k for k in sorted(record) if k.startswith("rel_score_") and "at_samples" not in k]
+    keys = [k for k in record if k.startswith(("rel_score_", "orig_rel_score_")) and "at_samples" not in k]
+    return sorted(keys, key=lambda k: (k.startswith("orig_"), k))
 
 
 def export_run(
@@ -96,13 +97,15 @@ def export_run(
         entries[name] = {"file": file, "sha256": sha, "dim": cfg.dim, "auto": bool(auto)}
         what = f"DiScoFormer for d = {cfg.dim} (arXiv:2511.05924)"
     registry.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    columns = _curve_keys(evals[-1]) if evals else []
     curve = "\n".join(
         f"| {r['step']} | {r['elapsed_s']:.0f} | "
-        + " | ".join(f"{100 * r[k]:.1f}" for k in _curve_keys(r))
+        + " | ".join(f"{100 * r[k]:.1f}" if k in r else "–" for k in columns)
         + " |"
         for r in evals
     )
-    n_cols = " | ".join(k.removeprefix("rel_score_") for k in _curve_keys(evals[-1])) if evals else ""
+    n_cols = " | ".join(k.removeprefix("rel_score_").replace("orig_rel_score_", "orig. ") for k in columns)
+    sets = "8 held-out mixtures per d" if cfg.arch == "universal" else "16 held-out mixtures"
     card = f"""# {name}
 
 {what}, trained on random Gaussian mixtures on CPU.
@@ -114,7 +117,7 @@ def export_run(
 - Training recipe: {json.dumps({k: v for k, v in state["train_config"].items() if k != "model"})}
 - sha256: `{sha}`
 
-## Learning curve (validation: 16 held-out mixtures, relative score MSE in whitened space, %)
+## Learning curve (validation: {sets}, relative score MSE %, whitened; "orig.": original coordinates)
 
 | step | seconds | {n_cols} |
 |---|---|{"---|" * len(n_cols.split(" | ")) if n_cols else ""}
