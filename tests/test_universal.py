@@ -278,6 +278,10 @@ def test_weights_round_trip(tmp_path):
 
 
 def test_train_config_arch_and_dimension_sampling():
+    with pytest.raises(ValueError, match="score_metric"):
+        TrainConfig(dim=4, score_metric="original")
+    with pytest.raises(ValueError, match="arch='universal' only"):
+        TrainConfig(dim=4, score_metric="both")
     with pytest.raises(ValueError, match="arch"):
         TrainConfig(dim=4, arch="bogus")
     with pytest.raises(ValueError, match="dim_min"):

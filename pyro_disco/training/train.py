@@ -74,6 +74,8 @@ class TrainConfig:
             raise ValueError(f"arch must be 'discoformer' or 'universal', got {self.arch!r}")
         if self.score_metric not in ("whitened", "both"):
             raise ValueError(f"score_metric must be 'whitened' or 'both', got {self.score_metric!r}")
+        if self.score_metric == "both" and self.arch != "universal":
+            raise ValueError("score_metric='both' is implemented for arch='universal' only")
         if self.arch == "universal" and not 1 <= self.dim_min <= self.dim:
             raise ValueError(f"need 1 <= dim_min <= dim, got dim_min={self.dim_min}, dim={self.dim}")
 
