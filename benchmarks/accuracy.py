@@ -63,6 +63,25 @@ def _estimators(model, x, tta_steps: int, with_tta: bool):
     return out
 
 
+def write_report(lines: list[str], out: str) -> None:
+    """Write the markdown report ``lines`` to ``out`` and print it."""
+    text = "\n".join(lines) + "\n"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text)
+    print(text)
+    print(f"written to {out}")
+
+
+def mixture_case(d: int, n: int, r: int, num_queries: int = 512):
+    """Repetition ``r`` of the held-out mixture case (d, n): samples ``(n, d)``, fresh queries
+    ``(num_queries, d)`` and the exact mixture (float64). Shared with ``universal.py``."""
+    g = torch.Generator().manual_seed(BENCH_SEED + 1000 * d + r)
+    mix = random_mixtures(1, d, generator=g)
+    x = mix.sample(n, generator=g)[0]
+    y = mix.sample(num_queries, generator=g)[0]
+    return x, y, GaussianMixture(mix.weights[0], mix.means[0], mix.covariances[0])
+
+
 def _summ(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     t = torch.tensor(values, dtype=torch.float64) * scale
     sd = float(t.std()) if len(values) > 1 else 0.0
@@ -75,11 +94,7 @@ def mixtures(models, sizes, reps, tta_steps, tta_max_n, num_queries=512):
         for n in sizes:
             acc: dict[str, dict[str, list[float]]] = {}
             for r in range(reps):
-                g = torch.Generator().manual_seed(BENCH_SEED + 1000 * d + r)
-                mix = random_mixtures(1, d, generator=g)
-                x = mix.sample(n, generator=g)[0]
-                y = mix.sample(num_queries, generator=g)[0]
-                mix1 = GaussianMixture(mix.weights[0], mix.means[0], mix.covariances[0])
+                x, y, mix1 = mixture_case(d, n, r, num_queries)
                 lp, s = mix1.logdensity_and_score(y)
                 s_at = mix1.score(x)
                 for name, (est, _) in _estimators(model, x, tta_steps, n <= tta_max_n).items():
@@ -204,11 +219,7 @@ def main(argv=None):
             "|---|---|",
         ]
         lines += [f"| {name} | {v} |" for name, v in bi_rows]
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
-    print(f"written to {args.out}")
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

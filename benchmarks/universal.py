@@ -21,12 +21,11 @@ from pathlib import Path
 
 import torch
 
-from pyro_disco import GaussianKDE, GaussianMixture
+from pyro_disco import GaussianKDE
 from pyro_disco.estimators.transformer import DiScoFormerEstimator
-from pyro_disco.training.tasks import random_mixtures
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import BENCH_SEED, _summ  # noqa: E402  (same seeds and formatting as accuracy.py)
+from accuracy import _summ, mixture_case, write_report  # noqa: E402  (same cases and format as accuracy.py)
 
 DIMS = [1, 2, 3, 5, 7, 10, 16, 32]
 
@@ -56,11 +55,7 @@ def run(universal, per_dim, dims, sizes, reps, num_queries=512):
             if n <= d + 1:
                 continue
             for r in range(reps):
-                g = torch.Generator().manual_seed(BENCH_SEED + 1000 * d + r)
-                mix = random_mixtures(1, d, generator=g)
-                x = mix.sample(n, generator=g)[0]
-                y = mix.sample(num_queries, generator=g)[0]
-                mix1 = GaussianMixture(mix.weights[0], mix.means[0], mix.covariances[0])
+                x, y, mix1 = mixture_case(d, n, r, num_queries)
                 lp, s = mix1.logdensity_and_score(y)
                 ests = {"Scott KDE": GaussianKDE(x, "scott"), "universal": DiScoFormerEstimator(universal, x)}
                 if d in per_dim:
@@ -131,11 +126,7 @@ def main(argv=None):
         f"where one ships) at d = {auto or 'none'}.",
         f"auto-dims: {' '.join(map(str, auto))}",
     ]
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
-    print(f"written to {args.out}")
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":
