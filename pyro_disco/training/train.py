@@ -104,10 +104,6 @@ def build_model(config: DiScoFormerConfig | UniversalConfig) -> DiScoFormer | Un
     return DiScoFormer(config)
 
 
-def _weighted_mse(err: Tensor, weight: Tensor) -> Tensor:
-    return (err * weight).mean()
-
-
 def task_loss(
     model: DiScoFormer,
     task: MixtureTask,
