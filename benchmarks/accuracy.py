@@ -34,13 +34,14 @@ BENCH_SEED = 424242  # training uses seed 0 streams, validation 2**31 - 7 + d
 
 
 def _models(args) -> dict[int, object]:
-    from pyro_disco.pretrained import available_models, load_model, load_weights
+    from pyro_disco.pretrained import available_models, load_model
+    from pyro_disco.training.export import load_checkpoint
 
     # the per-dimension models (the universal one has its own benchmark, benchmarks/universal.py)
     models = {dims[0]: load_model(name) for name, dims in available_models().items() if len(dims) == 1}
     for spec in args.checkpoint or []:
         d, path = spec.split("=", 1)
-        models[int(d)] = load_weights(path)
+        models[int(d)] = load_checkpoint(path)
     return models
 
 

@@ -18,8 +18,8 @@ import copy
 
 import torch
 
-from pyro_disco.estimators.discoformer import DiScoFormer, DiScoFormerConfig
 from pyro_disco.estimators.transformer import DiScoFormerEstimator
+from pyro_disco.nn.discoformer import DiScoFormer, DiScoFormerConfig
 from pyro_disco.training.tasks import random_mixtures, random_rotation
 
 
@@ -73,8 +73,9 @@ def main(argv=None):
         help="d at which to test universal models",
     )
     args = p.parse_args(argv)
-    from pyro_disco.estimators.universal import UniversalConfig, UniversalDiScoFormer
-    from pyro_disco.pretrained import available_models, load_model, load_weights
+    from pyro_disco.nn.universal import UniversalConfig, UniversalDiScoFormer
+    from pyro_disco.pretrained import available_models, load_model
+    from pyro_disco.training.export import load_checkpoint
 
     models = {}
     for d in (2, 10):
@@ -100,7 +101,7 @@ def main(argv=None):
                 models[f"{name}, d={d}"] = (load_model(name), d)
     for spec in args.checkpoint or []:
         d, path = spec.split("=", 1)
-        models[f"{path}"] = (load_weights(path), int(d))
+        models[f"{path}"] = (load_checkpoint(path), int(d))
     names = ["permutation", "translation", "isotropic scaling", "anisotropic scaling", "rotation", "affine"]
     print(f"mean relative error over {args.trials} trials (float64 inference)\n")
     print("| model | " + " | ".join(names) + " |")

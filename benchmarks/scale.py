@@ -19,7 +19,7 @@ import time
 
 
 def _universal_model():
-    from pyro_disco.estimators.universal import UniversalConfig, UniversalDiScoFormer
+    from pyro_disco.nn.universal import UniversalConfig, UniversalDiScoFormer
     from pyro_disco.pretrained import available_models, load_model
 
     names = [name for name, dims in available_models().items() if len(dims) > 1]
@@ -35,8 +35,8 @@ def _one(kind: str, n: int, m: int, dim: int, threads: int) -> dict:
     y = torch.randn(m, dim, generator=g)
     t0 = time.perf_counter()
     if kind in ("transformer", "universal"):
-        from pyro_disco.estimators.discoformer import DiScoFormer, DiScoFormerConfig
         from pyro_disco.estimators.transformer import DiScoFormerEstimator
+        from pyro_disco.nn.discoformer import DiScoFormer, DiScoFormerConfig
         from pyro_disco.pretrained import available_models, load_model
 
         if kind == "universal":

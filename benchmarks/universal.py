@@ -31,10 +31,11 @@ DIMS = [1, 2, 3, 5, 7, 10, 16, 32]
 
 
 def _universal(args):
-    from pyro_disco.pretrained import available_models, load_model, load_weights
+    from pyro_disco.pretrained import available_models, load_model
+    from pyro_disco.training.export import load_checkpoint
 
     if args.checkpoint:
-        return load_weights(args.checkpoint), "checkpoint"
+        return load_checkpoint(args.checkpoint), "checkpoint"
     names = [name for name, dims in available_models().items() if len(dims) > 1]
     if not names:
         raise SystemExit("no universal model ships with the package; pass --checkpoint PATH")

@@ -1,9 +1,11 @@
 """pyro_disco: density and score from samples with a pretrained transformer, for Pyro.
 
-The layers, from the bottom up:
+The layers, from the bottom up (``tests/test_layers.py`` checks that imports only point down):
 
-- :mod:`pyro_disco.estimators` — the estimator protocol (``logdensity``/``score``), DiScoFormer,
-  Gaussian KDE, SD-KDE, Emp-SD-KDE; :mod:`pyro_disco.pretrained` — shipped weights;
+- :mod:`pyro_disco.nn` — the networks (per-dimension and universal DiScoFormer);
+- :mod:`pyro_disco.estimators` — the estimator protocol (``logdensity``/``score``), the
+  DiScoFormer estimator, Gaussian KDE, SD-KDE, Emp-SD-KDE; :mod:`pyro_disco.pretrained` — shipped
+  weights; :mod:`pyro_disco.factory` — an estimator by name;
 - :mod:`pyro_disco.distributions` — ``LearnedScore``, a Pyro distribution from samples;
 - :mod:`pyro_disco.infer` — Langevin (ULA/MALA) kernels, SVGD, score-based particle flows, arviz;
 - :mod:`pyro_disco.stein`, :mod:`pyro_disco.fisher` — kernel Stein discrepancy, Fisher information, entropy;
@@ -21,8 +23,8 @@ from pyro_disco.estimators import (
     GaussianKDE,
     as_logdensity_fn,
     as_score_fn,
-    build_estimator,
 )
+from pyro_disco.factory import build_estimator
 from pyro_disco.fisher import (
     Estimate,
     entropy,

@@ -70,7 +70,7 @@ def _read_points(path: str):
 def _cmd_estimate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from pyro_disco.estimators.factory import build_estimator
+    from pyro_disco.factory import build_estimator
 
     samples = _read_points(args.samples)
     queries = _read_points(args.queries) if args.queries else samples

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_disco.estimators.factory import build_estimator
+from pyro_disco.factory import build_estimator
 from pyro_disco.targets import GaussianMixture
 
 __all__ = ["bimodal_2d", "compare", "run_demo"]

@@ -1,4 +1,8 @@
-"""Build an estimator by name: the one switch the CLI, ``LearnedScore`` and benchmarks share."""
+"""Build an estimator by name: the one switch the CLI, ``LearnedScore`` and benchmarks share.
+
+It sits above both :mod:`pyro_disco.estimators` and :mod:`pyro_disco.pretrained` (it picks
+between them), so neither of those imports it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from torch import Tensor
 
 from pyro_disco._validation import as_samples
 from pyro_disco.estimators.kde import SDKDE, EmpSDKDE, GaussianKDE
+from pyro_disco.pretrained import auto_dims, available_dims, pretrained_estimator
 
 __all__ = ["build_estimator", "resolve_estimator", "ESTIMATORS"]
 
@@ -27,8 +32,6 @@ def resolve_estimator(samples: Tensor, estimator="auto", **estimator_kwargs):
 
     ``estimator_kwargs`` go to the chosen constructor.
     """
-    from pyro_disco.pretrained import auto_dims, available_dims, pretrained_estimator
-
     if not isinstance(estimator, str):
         for attr in ("logdensity", "score"):
             if not callable(getattr(estimator, attr, None)):

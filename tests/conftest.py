@@ -16,7 +16,7 @@ def generator():
 def random_model():
     """A randomly initialised float64 DiScoFormer whose heads are *not* zero (so the network,
     not only the Gaussian baseline, shapes the output)."""
-    from pyro_disco.estimators.discoformer import DiScoFormer, DiScoFormerConfig
+    from pyro_disco.nn.discoformer import DiScoFormer, DiScoFormerConfig
 
     def make(dim: int, **kw):
         torch.manual_seed(dim)

@@ -158,7 +158,7 @@ def test_kde_feature_model_starts_as_scott_kde(data):
     """With KDE features and untrained heads, the model *is* Scott's KDE (up to the whitening's
     1e-8 ridge)."""
     from pyro_disco import GaussianKDE
-    from pyro_disco.estimators.discoformer import DiScoFormer, DiScoFormerConfig
+    from pyro_disco.nn.discoformer import DiScoFormer, DiScoFormerConfig
 
     x, y = data
     model = DiScoFormer(

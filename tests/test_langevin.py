@@ -11,7 +11,8 @@ from pyro.infer import MCMC
 from torch.testing import assert_close
 
 from pyro_disco import GaussianKDE, GaussianMixture
-from pyro_disco.infer.langevin import MALA, ULA, init, mala_step, run, step_size_init, step_size_update
+from pyro_disco.infer.langevin import init, mala_step, run, step_size_init, step_size_update
+from pyro_disco.infer.mcmc import MALA, ULA
 
 F64 = torch.float64
 MEAN = torch.tensor([1.0, -1.0], dtype=F64)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_disco.estimators.discoformer import DiScoFormer, DiScoFormerConfig
 from pyro_disco.estimators.transformer import DiScoFormerEstimator
+from pyro_disco.nn.discoformer import DiScoFormer, DiScoFormerConfig
 from pyro_disco.pretrained import (
     WEIGHTS_DIR,
     available_dims,
@@ -146,6 +146,7 @@ def test_default_model_follows_the_benchmark_flags(tmp_path, monkeypatch):
     path = tmp_path / "registry.json"
     path.write_text(json.dumps(registry))
     monkeypatch.setattr(pretrained, "_REGISTRY_FILE", path)
+    assert pretrained.registry_path() == path
     assert pretrained.available_dims() == list(range(1, 33))
     assert pretrained.available_models()["universal"] == list(range(1, 33))
     assert pretrained.auto_dims() == [1, 2, 3, 10]

@@ -5,8 +5,8 @@ import json
 import torch
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
-from pyro_disco.estimators.discoformer import DiScoFormer
 from pyro_disco.estimators.whitening import fit_whitening
+from pyro_disco.nn.discoformer import DiScoFormer
 from pyro_disco.training import TrainConfig, random_mixtures, random_rotation, sample_task, task_loss, train
 from pyro_disco.training.train import CHECKPOINT
 

@@ -9,9 +9,10 @@ import torch
 
 from pyro_disco.estimators.kde import GaussianKDE
 from pyro_disco.estimators.transformer import DiScoFormerEstimator
-from pyro_disco.estimators.universal import UniversalConfig, UniversalDiScoFormer
+from pyro_disco.nn.universal import UniversalConfig, UniversalDiScoFormer
 from pyro_disco.pretrained import load_weights, save_weights
 from pyro_disco.training import TrainConfig, random_rotation, sample_task, task_loss, train
+from pyro_disco.training.export import load_checkpoint
 from pyro_disco.training.train import CHECKPOINT, build_model
 
 EXACT = 1e-10  # transformations that are exact by construction (float64)
@@ -339,7 +340,9 @@ def test_tiny_universal_training_covers_several_dims_and_lowers_the_loss(tmp_pat
     assert sum(after.values()) < 0.8 * sum(before.values()), (before, after)
 
     # The checkpoint loads as a universal model with the trained weights.
-    loaded = load_weights(tmp_path / CHECKPOINT)
+    loaded = load_checkpoint(tmp_path / CHECKPOINT)
+    with pytest.raises(ValueError, match="training checkpoint"):  # conversion lives in training.export
+        load_weights(tmp_path / CHECKPOINT)
     assert isinstance(loaded, UniversalDiScoFormer) and loaded.config == cfg.model_config()
     x, y = held_out[3].context.float(), held_out[3].queries.float()
     model.eval()

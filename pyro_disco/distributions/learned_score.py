@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from pyro_disco._validation import as_samples
-from pyro_disco.estimators.factory import resolve_estimator
+from pyro_disco.factory import resolve_estimator
 
 __all__ = ["LearnedScore"]
 

@@ -1,7 +1,6 @@
 """Estimators of density and score from samples, all behind one protocol."""
 
 from pyro_disco.estimators.base import Estimator, SampleEstimator, ScoreLike, as_logdensity_fn, as_score_fn
-from pyro_disco.estimators.factory import ESTIMATORS, build_estimator
 from pyro_disco.estimators.kde import SDKDE, EmpSDKDE, GaussianKDE, bandwidth_factor
 from pyro_disco.estimators.transformer import DiScoFormerEstimator
 
@@ -16,6 +15,4 @@ __all__ = [
     "EmpSDKDE",
     "bandwidth_factor",
     "DiScoFormerEstimator",
-    "build_estimator",
-    "ESTIMATORS",
 ]

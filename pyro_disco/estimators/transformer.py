@@ -10,7 +10,7 @@ batches by cross-attention. Outputs map back through the whitening exactly:
 Reference: DiScoFormer, arXiv:2511.05924.
 
 Example:
-    >>> from pyro_disco.estimators.discoformer import DiScoFormer, DiScoFormerConfig
+    >>> from pyro_disco.nn.discoformer import DiScoFormer, DiScoFormerConfig
     >>> est = DiScoFormerEstimator(DiScoFormer(DiScoFormerConfig(dim=2)), torch.randn(200, 2))
     >>> est.score(torch.zeros(5, 2)).shape
     torch.Size([5, 2])
@@ -26,9 +26,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pyro_disco._validation import as_samples
 from pyro_disco.estimators.base import SampleEstimator
-from pyro_disco.estimators.discoformer import DiScoFormer
-from pyro_disco.estimators.universal import UniversalDiScoFormer
 from pyro_disco.estimators.whitening import fit_whitening
+from pyro_disco.nn.discoformer import DiScoFormer
+from pyro_disco.nn.universal import UniversalDiScoFormer
 
 __all__ = ["DiScoFormerEstimator", "consistency_loss"]
 

@@ -20,13 +20,22 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pyro_disco.nn.common import (
+    blocked_attention,
+    gated_sum,
+    gated_vector_sum,
+    gaussian_residual,
+    init_gates,
+    kde_features,
+    mlp_head,
+)
 
 __all__ = ["DiScoFormerConfig", "DiScoFormer", "EncodedContext"]
 
@@ -69,43 +78,6 @@ class EncodedContext(NamedTuple):
     features: tuple[Tensor, Tensor] | None
 
 
-def kde_features(
-    y: Tensor, context: Tensor, bandwidths: list[float], *, block_size: int = 1024
-) -> tuple[Tensor, Tensor]:
-    r"""Isotropic Gaussian KDEs of the (whitened) ``context`` ``(B, n, d)`` at ``y`` ``(B, m, d)``
-    for each bandwidth, as corrections over the standard normal: log-densities
-    :math:`\log\hat f_h(y) - \log\varphi(y)` ``(B, m, K)`` and scores :math:`\hat s_h(y) + y`
-    ``(B, m, K, d)``. Functions of inner products and linear combinations only, so they keep
-    every equivariance of the whitened coordinates."""
-    n, d = context.shape[-2:]
-    c_sq = context.square().sum(-1).unsqueeze(-2)  # B 1 n
-    logs, scores = [], []
-    for yb in y.split(block_size, dim=1):
-        sq = (yb.square().sum(-1, keepdim=True) + c_sq - 2 * yb @ context.transpose(-1, -2)).clamp_min(
-            0
-        )  # B b n
-        gauss = -0.5 * yb.square().sum(-1)  # B b (the 2π terms cancel below)
-        lb, sb = [], []
-        for h in bandwidths:
-            logk = -0.5 * sq / h**2
-            lse = torch.logsumexp(logk, dim=-1)  # B b
-            w = (logk - lse.unsqueeze(-1)).exp()
-            lb.append(lse - math.log(n) - d * math.log(h) - gauss)
-            sb.append((w @ context - yb) / h**2 + yb)
-        logs.append(torch.stack(lb, -1))
-        scores.append(torch.stack(sb, -2))
-    return torch.cat(logs, 1), torch.cat(scores, 1)
-
-
-def _attention(q: Tensor, k: Tensor, v: Tensor, block_size: int) -> Tensor:
-    """Softmax attention ``(B, H, m, e)`` computed over blocks of query rows (bounded memory).
-
-    q, k and v share the head width, which keeps PyTorch on its fused CPU kernel."""
-    if q.shape[-2] <= block_size:
-        return F.scaled_dot_product_attention(q, k, v)
-    return torch.cat([F.scaled_dot_product_attention(qb, k, v) for qb in q.split(block_size, dim=-2)], dim=-2)
-
-
 class Block(nn.Module):
     """Pre-LayerNorm transformer block; queries reuse the context's keys and values."""
 
@@ -136,13 +108,13 @@ class Block(nn.Module):
     def context(self, h: Tensor, block_size: int) -> tuple[Tensor, Tensor, Tensor]:
         """Self-attention over the context ``h`` ``(B, n, C)``; returns new states, keys, values."""
         q, k, v = (self._heads(t) for t in self.qkv(self.ln1(h)).chunk(3, dim=-1))
-        return self._finish(h, _attention(q, k, v, block_size)), k, v
+        return self._finish(h, blocked_attention(q, k, v, block_size)), k, v
 
     def query(self, g: Tensor, k: Tensor, v: Tensor, block_size: int) -> Tensor:
         """Queries ``g`` ``(B, m, C)`` attend to the context's keys/values only."""
         w_q, b_q = self.qkv.weight[: g.shape[-1]], self.qkv.bias[: g.shape[-1]]
         q = self._heads(F.linear(self.ln1(g), w_q, b_q))
-        return self._finish(g, _attention(q, k, v, block_size))
+        return self._finish(g, blocked_attention(q, k, v, block_size))
 
 
 class DiScoFormer(nn.Module):
@@ -155,21 +127,15 @@ class DiScoFormer(nn.Module):
         self.embed = nn.Linear(config.dim * (1 + k) + k, config.d_model)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.d_model)
-        self.logdensity_head = nn.Sequential(
-            nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.Linear(config.d_model, 1 + k)
-        )
-        self.score_head = nn.Sequential(
-            nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.Linear(config.d_model, config.dim + k)
-        )
+        self.logdensity_head = mlp_head(config.d_model, 1 + k)
+        self.score_head = mlp_head(config.d_model, config.dim + k)
         if config.residual:  # start exactly at the whitened Gaussian (or at Scott's KDE, see below)
-            for head in (self.logdensity_head, self.score_head):
-                nn.init.zeros_(head[-1].weight)
-                nn.init.zeros_(head[-1].bias)
-            if 1.0 in config.kde_features:  # gate 1 on Scott's bandwidth: the model starts as Scott's KDE
-                j = config.kde_features.index(1.0)
-                with torch.no_grad():
-                    self.logdensity_head[-1].bias[1 + j] = 1.0
-                    self.score_head[-1].bias[config.dim + j] = 1.0
+            # gate 1 on Scott's bandwidth, if it is a feature: the model starts as Scott's KDE
+            j = config.kde_features.index(1.0) if 1.0 in config.kde_features else None
+            init_gates(
+                (self.logdensity_head, None if j is None else 1 + j),
+                (self.score_head, None if j is None else config.dim + j),
+            )
 
     def check_dim(self, dim: int) -> None:
         """Raise a clear error unless ``dim`` is the dimension this model was trained for."""
@@ -198,11 +164,10 @@ class DiScoFormer(nn.Module):
         logf, score = lh[..., 0], sh[..., :d]
         if features is not None:  # gated, per-token mixture of KDE corrections
             logs, scores = features
-            logf = logf + (lh[..., 1:] * logs).sum(-1)
-            score = score + (sh[..., d:].unsqueeze(-1) * scores).sum(-2)
+            logf = logf + gated_sum(lh[..., 1:], logs)
+            score = score + gated_vector_sum(sh[..., d:], scores)
         if self.config.residual:
-            logf = logf - 0.5 * y.square().sum(-1) - 0.5 * d * math.log(2 * math.pi)
-            score = score - y
+            logf, score = gaussian_residual(logf, score, y)
         return logf, score
 
     def encode(self, context: Tensor, *, block_size: int = 4096) -> EncodedContext:

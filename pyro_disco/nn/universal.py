@@ -44,7 +44,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyro_disco.estimators.discoformer import kde_features
+from pyro_disco.nn.common import (
+    blocked_attention,
+    gated_sum,
+    gated_vector_sum,
+    gaussian_residual,
+    init_gates,
+    kde_features,
+    mlp_head,
+)
 
 __all__ = ["UniversalConfig", "UniversalDiScoFormer", "UniversalContext"]
 
@@ -159,13 +167,7 @@ class EquivariantBlock(nn.Module):
     def attend(self, h: Tensor, p: Tensor, qx: Tensor, beta: Tensor, k: Tensor, v: Tensor, block: int):
         """Update states ``h`` ``(B, m, C)`` of tokens at ``p`` attending to ``k``, ``v``; returns the
         new states and the score messages ``(B, m, H, d)``."""
-        if qx.shape[-2] <= block:
-            out = F.scaled_dot_product_attention(qx, k, v, scale=1.0)
-        else:
-            out = torch.cat(
-                [F.scaled_dot_product_attention(qb, k, v, scale=1.0) for qb in qx.split(block, dim=-2)],
-                dim=-2,
-            )
+        out = blocked_attention(qx, k, v, block, scale=1.0)
         d = p.shape[-1]
         vals = out[..., : self.e].transpose(1, 2).flatten(-2)  # B m (H e)
         msg = (2 * beta * (out[..., self.e : self.e + d] - p.unsqueeze(1))).transpose(1, 2)  # B m H d
@@ -176,7 +178,7 @@ class EquivariantBlock(nn.Module):
 
 class UniversalDiScoFormer(nn.Module):
     """The universal network on *whitened* coordinates of any ``d ≤ max_dim``; see the module
-    docstring. Same interface as :class:`~pyro_disco.estimators.discoformer.DiScoFormer`."""
+    docstring. Same interface as :class:`~pyro_disco.nn.discoformer.DiScoFormer`."""
 
     def __init__(self, config: UniversalConfig):
         super().__init__()
@@ -187,19 +189,10 @@ class UniversalDiScoFormer(nn.Module):
         self.blocks = nn.ModuleList(EquivariantBlock(config) for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.d_model)
         n_msg = config.num_layers * config.num_heads
-        self.logdensity_head = nn.Sequential(
-            nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.Linear(config.d_model, 1 + k)
-        )
-        self.score_head = nn.Sequential(
-            nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.Linear(config.d_model, k + n_msg)
-        )
-        for head in (self.logdensity_head, self.score_head):
-            nn.init.zeros_(head[-1].weight)
-            nn.init.zeros_(head[-1].bias)
+        self.logdensity_head = mlp_head(config.d_model, 1 + k)
+        self.score_head = mlp_head(config.d_model, k + n_msg)
         j = config.kde_features.index(1.0)  # start exactly as Scott's KDE
-        with torch.no_grad():
-            self.logdensity_head[-1].bias[1 + j] = 1.0
-            self.score_head[-1].bias[j] = 1.0
+        init_gates((self.logdensity_head, 1 + j), (self.score_head, j))
 
     def check_dim(self, dim: int) -> None:
         """Raise a clear error when ``dim`` is outside the dimensions the weights were trained on."""
@@ -238,22 +231,14 @@ class UniversalDiScoFormer(nn.Module):
         return kde_features(y, context, [c * scott for c in self.config.kde_features])
 
     def _heads(self, y: Tensor, h: Tensor, messages: Tensor, features) -> tuple[Tensor, Tensor]:
-        d = y.shape[-1]
         k = len(self.config.kde_features)
         h = self.ln_f(h)
         lh = self.logdensity_head(h)  # B m (1 + K)
         sh = self.score_head(h)  # B m (K + L H)
         logs, scores = features
-        logf = (
-            lh[..., 0]
-            + (lh[..., 1:] * logs).sum(-1)
-            - 0.5 * y.square().sum(-1)
-            - 0.5 * d * math.log(2 * math.pi)
-        )
-        score = (
-            (sh[..., :k].unsqueeze(-1) * scores).sum(-2) + (sh[..., k:].unsqueeze(-1) * messages).sum(-2) - y
-        )
-        return logf, score
+        logf = lh[..., 0] + gated_sum(lh[..., 1:], logs)
+        score = gated_vector_sum(sh[..., :k], scores) + gated_vector_sum(sh[..., k:], messages)
+        return gaussian_residual(logf, score, y)
 
     def encode(self, context: Tensor, *, block_size: int = 4096) -> UniversalContext:
         """Run the encoder over whitened samples ``(B, n, d)``."""

@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pyro_disco.estimators.discoformer import DiScoFormer, DiScoFormerConfig
-from pyro_disco.estimators.universal import UniversalConfig, UniversalDiScoFormer
+from pyro_disco._validation import as_samples
+from pyro_disco.estimators.transformer import DiScoFormerEstimator
+from pyro_disco.nn import DiScoFormer, UniversalDiScoFormer, model_from_config
 
 __all__ = [
     "available_dims",
@@ -31,13 +32,20 @@ __all__ = [
     "default_model_name",
     "load_model",
     "load_weights",
+    "model_from_state",
     "save_weights",
+    "registry_path",
     "pretrained_estimator",
     "WEIGHTS_DIR",
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 _REGISTRY_FILE = Path(__file__).resolve().parent / "registry.json"
+
+
+def registry_path() -> Path:
+    """The registry file (name -> entry) that ``pyro-disco export`` writes and the loaders read."""
+    return _REGISTRY_FILE
 
 
 def _registry() -> dict[str, dict]:
@@ -109,8 +117,9 @@ def sha256_file(path: str | Path) -> str:
 
 
 def load_weights(path: str | Path, sha256: str | None = None) -> DiScoFormer | UniversalDiScoFormer:
-    """Load a DiScoFormer from a weight file written by :func:`save_weights` (or a training
-    ``checkpoint.pt``), without unpickling; verify ``sha256`` when given."""
+    """Load a DiScoFormer from a weight file written by :func:`save_weights`, without
+    unpickling; verify ``sha256`` when given. (A training ``checkpoint.pt`` is read by
+    :func:`pyro_disco.training.export.load_checkpoint`.)"""
     path = Path(path)
     if sha256 is not None:
         actual = sha256_file(path)
@@ -120,24 +129,24 @@ def load_weights(path: str | Path, sha256: str | None = None) -> DiScoFormer | U
             )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if "state_dict" in state:
-        config, weights = state["config"], state["state_dict"]
-    elif "model" in state and "model_config" in state:  # a training checkpoint
-        config, weights = state["model_config"], state["model"]
-    else:
-        raise ValueError(f"{path} is not a DiScoFormer weight file (no config/state_dict)")
+        return model_from_state(state["config"], state["state_dict"])
+    if "model" in state and "model_config" in state:
+        raise ValueError(
+            f"{path} is a training checkpoint, not a weight file: load it with "
+            "pyro_disco.training.export.load_checkpoint (or export it with `pyro-disco export`)"
+        )
+    raise ValueError(f"{path} is not a DiScoFormer weight file (no config/state_dict)")
+
+
+def model_from_state(config: dict, state_dict: dict) -> DiScoFormer | UniversalDiScoFormer:
+    """A frozen network in eval mode from a config dict and its weights (as stored in weight
+    files and training checkpoints)."""
     model = model_from_config(config)
-    model.load_state_dict(weights)
+    model.load_state_dict(state_dict)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
-
-
-def model_from_config(config: dict) -> DiScoFormer | UniversalDiScoFormer:
-    """An (untrained) network from a config dict as stored in weight files and checkpoints."""
-    if config.get("arch") == "universal":
-        return UniversalDiScoFormer(UniversalConfig(**config))
-    return DiScoFormer(DiScoFormerConfig(**config))
 
 
 def save_weights(model: DiScoFormer, path: str | Path, metadata: dict | None = None) -> str:
@@ -169,9 +178,6 @@ def load_model(name_or_dim: str | int) -> DiScoFormer | UniversalDiScoFormer:
 def pretrained_estimator(samples: Tensor, name: str | None = None, **kwargs):
     """A :class:`~pyro_disco.estimators.transformer.DiScoFormerEstimator` on ``samples`` with
     the shipped model for their dimension (or the named one)."""
-    from pyro_disco._validation import as_samples
-    from pyro_disco.estimators.transformer import DiScoFormerEstimator
-
     x = as_samples(samples)
     model = load_model(name if name is not None else int(x.shape[1]))
     return DiScoFormerEstimator(model, x, **kwargs)

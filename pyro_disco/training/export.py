@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
+from pyro_disco.pretrained import WEIGHTS_DIR, load_weights, model_from_state, registry_path, save_weights
 from pyro_disco.training.train import CHECKPOINT, TrainConfig
 
-__all__ = ["export_run", "train_command"]
+__all__ = ["export_run", "load_checkpoint", "train_command"]
 
 
 def train_command(cfg: TrainConfig, out: str) -> str:
@@ -40,6 +41,15 @@ def train_command(cfg: TrainConfig, out: str) -> str:
     return "pyro-disco train " + " ".join(flags)
 
 
+def load_checkpoint(path: str | Path) -> torch.nn.Module:
+    """The network of a training ``checkpoint.pt`` (frozen, eval mode), without unpickling; a
+    weight file is passed on to :func:`pyro_disco.pretrained.load_weights`."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "model" in state and "model_config" in state:
+        return model_from_state(state["model_config"], state["model"])
+    return load_weights(path)
+
+
 def _curve_keys(record: dict) -> list[str]:
     keys = [k for k in record if k.startswith(("rel_score_", "orig_rel_score_")) and "at_samples" not in k]
     return sorted(keys, key=lambda k: (k.startswith("orig_"), k))
@@ -59,15 +69,13 @@ def export_run(
 
     ``auto``: whether ``estimator="auto"`` picks this model (per-dimension models), or the list
     of dimensions where it does (the universal model; ``True`` means all it covers)."""
-    from pyro_disco.pretrained import _REGISTRY_FILE, WEIGHTS_DIR, load_weights, save_weights
-
     run_dir = Path(run_dir)
     weights_dir = Path(weights_dir) if weights_dir else WEIGHTS_DIR
-    registry = Path(registry) if registry else _REGISTRY_FILE
+    registry = Path(registry) if registry else registry_path()
     weights_dir.mkdir(parents=True, exist_ok=True)
     state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
     cfg = TrainConfig.from_dict(state["train_config"])
-    model = load_weights(run_dir / CHECKPOINT)
+    model = load_checkpoint(run_dir / CHECKPOINT)
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
     evals = [r for r in log if any(k.startswith("rel_score") for k in r)]
     meta = {

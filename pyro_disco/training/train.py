@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyro_disco.estimators.discoformer import DiScoFormer, DiScoFormerConfig
-from pyro_disco.estimators.universal import UniversalConfig, UniversalDiScoFormer
+from pyro_disco.nn.discoformer import DiScoFormer, DiScoFormerConfig
+from pyro_disco.nn.universal import UniversalConfig, UniversalDiScoFormer
 from pyro_disco.training.tasks import MixtureTask, log_uniform_int, sample_task
 
 __all__ = [
