@@ -134,8 +134,12 @@ def test_bad_queries_raise_clear_errors(random_model, data):
     est = DiScoFormerEstimator(random_model(3), x)
     with pytest.raises(ValueError, match=r"\(\.\.\., 3\)"):
         est.score(torch.zeros(4, 2, dtype=torch.float64))
-    with pytest.raises(TypeError, match="dtype"):
-        est.score(torch.zeros(4, 3, dtype=torch.float32))
+    # other dtypes are not an error: evaluated in the samples' dtype, answered in the query's
+    q32 = torch.zeros(4, 3, dtype=torch.float32)
+    assert est.score(q32).dtype == torch.float32
+    assert torch.equal(est.score(q32), est.score(q32.double()).float())
+    with pytest.raises(TypeError, match="floating dtype"):
+        est.score(torch.zeros(4, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="non-finite"):
         est.score(torch.full((4, 3), float("inf"), dtype=torch.float64))
     with pytest.raises(ValueError, match="trained for d=3"):

@@ -9,6 +9,13 @@ An *estimator* is built from ``samples`` of shape ``(n, d)`` and answers, at que
 Langevin, SVGD, Stein, Fisher and the PDE solvers accept either such an object or a bare
 ``score_fn(x) -> (..., d)``; :func:`as_score_fn` and :func:`as_logdensity_fn` make the two
 interchangeable.
+
+**dtype and device rule.** Queries of any floating dtype and any device are accepted: they are
+evaluated in the samples' dtype and on the samples' device, and the answer comes back in the
+query's dtype and on its device (so float32 Pyro parameters work with a float64 estimator, and
+vice versa). ``LearnedScore.log_prob`` follows the same rule. Move an estimator itself with
+``est.to(device, dtype)``; save it with ``est.save(path)`` and read it back with
+``type(est).load(path)`` (:mod:`pyro_disco.estimators.io`, no unpickling).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from torch import Tensor
 from pyro_disco._validation import as_queries
 
 __all__ = ["Estimator", "SampleEstimator", "as_score_fn", "as_logdensity_fn", "ScoreLike"]
+
+_IO_HOOKS: dict[str, Callable] = {}  # "save", "load", "move": set by pyro_disco.estimators.io
 
 
 @runtime_checkable
@@ -70,26 +79,33 @@ class SampleEstimator:
     device: torch.device
 
     def _prepare(self, x: Tensor) -> tuple[Tensor, torch.Size]:
-        x = as_queries(x, dim=self.dim, dtype=self.dtype)
-        if x.device != self.device:
-            raise ValueError(f"query points are on {x.device} but the samples are on {self.device}")
+        """Check ``x`` and cast it to the samples' dtype and device (the one rule: queries are
+        evaluated in the estimator's dtype and device; :meth:`_restore` casts the answer back)."""
+        x = as_queries(x, dim=self.dim)
+        x = x.to(device=self.device, dtype=self.dtype)
         return x.reshape(-1, self.dim), x.shape[:-1]
 
+    @staticmethod
+    def _restore(out: Tensor, like: Tensor) -> Tensor:
+        return out.to(device=like.device, dtype=like.dtype) if isinstance(like, Tensor) else out
+
     def logdensity(self, x: Tensor) -> Tensor:
-        """Estimated :math:`\\log p(x)`; ``x`` is ``(..., d)``, the result ``(...)``."""
+        """Estimated :math:`\\log p(x)`; ``x`` is ``(..., d)``, the result ``(...)``, in ``x``'s
+        dtype and device (computed in the samples')."""
         flat, batch = self._prepare(x)
-        return self._logdensity(flat).reshape(batch)
+        return self._restore(self._logdensity(flat).reshape(batch), x)
 
     def score(self, x: Tensor) -> Tensor:
-        """Estimated :math:`\\nabla_x \\log p(x)`; ``x`` is ``(..., d)``, the result ``(..., d)``."""
+        """Estimated :math:`\\nabla_x \\log p(x)`; ``x`` is ``(..., d)``, the result ``(..., d)``,
+        in ``x``'s dtype and device (computed in the samples')."""
         flat, batch = self._prepare(x)
-        return self._score(flat).reshape(*batch, self.dim)
+        return self._restore(self._score(flat).reshape(*batch, self.dim), x)
 
     def logdensity_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Both at once (one pass where the estimator allows it)."""
         flat, batch = self._prepare(x)
         logp, s = self._logdensity_and_score(flat)
-        return logp.reshape(batch), s.reshape(*batch, self.dim)
+        return self._restore(logp.reshape(batch), x), self._restore(s.reshape(*batch, self.dim), x)
 
     def density(self, x: Tensor) -> Tensor:
         """``exp(logdensity(x))``."""
@@ -103,3 +119,38 @@ class SampleEstimator:
 
     def _score(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # -- saving, moving, printing. The logic lives in :mod:`pyro_disco.estimators.io`, which
+    # builds every estimator kind and so cannot be imported from here; it registers itself in
+    # ``_IO_HOOKS`` when the ``pyro_disco.estimators`` package is imported (always, before any
+    # of its modules).
+
+    def save(self, path) -> None:
+        """Write this fitted estimator to ``path``: a plain dict of tensors and a config, read
+        back by :meth:`load` with ``torch.load(weights_only=True)`` (no unpickling)."""
+        _IO_HOOKS["save"](self, path)
+
+    @classmethod
+    def load(cls, path, *, map_location="cpu"):
+        """Read an estimator written by :meth:`save`; it must be a ``cls``."""
+        est = _IO_HOOKS["load"](path, map_location=map_location)
+        if not isinstance(est, cls):
+            raise TypeError(f"{path} holds a {type(est).__name__}, not a {cls.__name__}")
+        return est
+
+    def to(self, device=None, dtype=None):
+        """A new estimator of the same kind with samples on ``device`` in ``dtype`` (this one is
+        unchanged; a transformer's network keeps its own dtype)."""
+        return _IO_HOOKS["move"](self, device=device, dtype=dtype)
+
+    def __repr__(self) -> str:
+        n = getattr(self, "num_samples", None)
+        parts = [f"n={n}" if n is not None else None, f"d={self.dim}"]
+        bandwidth = getattr(self, "bandwidth", None)
+        if isinstance(bandwidth, float):
+            parts.append(f"bandwidth={bandwidth:.4g}")
+        model = getattr(self, "model", None)
+        if model is not None:
+            parts.append(f"model={type(model).__name__}")
+        parts += [f"dtype={self.dtype}", f"device={self.device}"]
+        return f"{type(self).__name__}({', '.join(p for p in parts if p)})"
