@@ -1,11 +1,62 @@
-"""The ``pyro-disco`` command line: ``demo``, ``estimate``, ``train``, ``export``."""
+"""The ``pyro-disco`` command line: ``demo``, ``estimate``, ``train``, ``export``.
+
+Every user mistake (a missing or unreadable file, a typo in an option, samples the estimator
+cannot use) ends in one argparse-style line, ``pyro-disco estimate: error: ...``, and exit
+status 2, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
+
+DESCRIPTION = (
+    "Density and score from samples with a pretrained transformer (DiScoFormer), for Pyro. "
+    "Run 'pyro-disco COMMAND --help' for a command's options."
+)
+# estimator names, as pyro_disco.factory.ESTIMATORS (kept literal so --help needs no torch import;
+# tests/test_cli.py checks the two agree)
+ESTIMATOR_CHOICES = ("auto", "transformer", "kde", "silverman-kde", "sdkde", "emp-sdkde")
+_PROGRESS_CHUNK = 2048  # queries per progress-bar step
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` where there is a default worth showing (not None/False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class UsageError(Exception):
+    """A mistake in the user's input: reported as one line by :func:`main`."""
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject reads it from ``pyro_disco.__version__``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pyro-disco")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        from pyro_disco import __version__
+
+        return __version__
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -53,35 +104,116 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_points(path: str):
-    """User arrays: .npy (no pickles) or text/CSV, one point per row."""
+def _read_points(path: str, what: str):
+    """User arrays ``(n, d)``: .npy (never unpickled), or text/CSV with one point per row; a
+    non-numeric first row (a CSV header) is skipped. Raises :class:`UsageError`."""
     import numpy as np
     import torch
 
-    if path.endswith(".npy"):
-        arr = np.load(path, allow_pickle=False)
-    else:
-        arr = np.loadtxt(path, delimiter="," if path.endswith(".csv") else None, ndmin=2)
+    if not os.path.exists(path):
+        raise UsageError(f"{what} file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{what} path {path!r} is a folder, not a file")
+    try:
+        if path.endswith(".npy"):
+            try:
+                arr = np.load(path, allow_pickle=False)
+            except ValueError as exc:  # numpy's message names allow_pickle
+                raise UsageError(f"{what} file {path!r} holds Python objects, refused ({exc})") from None
+        else:
+            delimiter = "," if path.endswith(".csv") else None
+            try:
+                arr = np.loadtxt(path, delimiter=delimiter, ndmin=2)
+            except ValueError:
+                arr = np.loadtxt(path, delimiter=delimiter, ndmin=2, skiprows=1)  # a header row
+    except UsageError:
+        raise
+    except (ValueError, OSError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"could not read numbers from {what} file {path!r}: {reason}") from None
+    if arr.dtype.kind not in "fiu":
+        raise UsageError(f"{what} file {path!r} does not hold numbers (dtype {arr.dtype})")
     if arr.ndim == 1:
         arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise UsageError(f"{what} must be a table of points (n, d), got shape {arr.shape} from {path!r}")
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
 
 
-def _cmd_estimate(args: argparse.Namespace) -> int:
+def _estimate_all(est, samples, queries, progress: bool):
+    """Log-density ``(m,)`` and score ``(m, d)`` at the queries, with a progress bar (shown after
+    2 s, with an ETA) over blocks of queries."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if queries is samples and callable(getattr(est, "at_samples", None)):
+        return est.at_samples()  # the transformer's own outputs at its context: one pass
+    logps, scores = [], []
+    with tqdm(total=queries.shape[0], unit="pt", desc="estimate", delay=2.0, disable=not progress) as bar:
+        for block in queries.split(_PROGRESS_CHUNK):
+            lp, sc = est.logdensity_and_score(block)
+            logps.append(lp.detach())
+            scores.append(sc.detach())
+            bar.update(block.shape[0])
+    return torch.cat(logps), torch.cat(scores)
+
+
+def _write_atomically(path: str, write) -> None:
+    """``write(file)`` into a temporary file next to ``path``, then rename it onto ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"output folder {folder!r} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".pyro-disco-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_result(path: str, points, logp, score) -> str:
+    """CSV (header ``x0..,logdensity,score0..``) if ``path`` ends in .csv, else .npz with arrays
+    ``points``, ``logdensity``, ``score``; the file gets exactly the name asked for."""
     import numpy as np
 
+    if path.lower().endswith(".csv"):
+        d = points.shape[1]
+        header = ",".join([f"x{i}" for i in range(d)] + ["logdensity"] + [f"score{i}" for i in range(d)])
+        table = np.column_stack([points, logp[:, None], score])
+        _write_atomically(path, lambda f: np.savetxt(f, table, delimiter=",", header=header, comments=""))
+        return "CSV"
+    _write_atomically(path, lambda f: np.savez(f, points=points, logdensity=logp, score=score))
+    return "npz"
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
     from pyro_disco.factory import build_estimator
 
-    samples = _read_points(args.samples)
-    queries = _read_points(args.queries) if args.queries else samples
-    est = build_estimator(samples, args.estimator)
-    if args.adapt_steps:
-        est = est.adapt(args.adapt_steps)
-    logp, score = est.logdensity_and_score(queries)
-    np.savez(args.out, points=queries.numpy(), logdensity=logp.detach().numpy(), score=score.detach().numpy())
+    samples = _read_points(args.samples, "samples")
+    queries = _read_points(args.queries, "queries") if args.queries else samples
+    if queries.shape[1] != samples.shape[1]:
+        raise UsageError(
+            f"queries have d={queries.shape[1]} coordinates but the samples have d={samples.shape[1]}"
+        )
+    try:
+        est = build_estimator(samples, args.estimator)
+        if args.adapt_steps:
+            if not callable(getattr(est, "adapt", None)):
+                name = type(est).__name__
+                raise UsageError(
+                    f"--adapt-steps needs the transformer; --estimator {args.estimator} built {name}"
+                )
+            est = est.adapt(args.adapt_steps)
+        logp, score = _estimate_all(est, samples, queries, progress=not args.no_progress)
+    except (ValueError, TypeError) as exc:  # the estimator's own checks: n > d, degenerate, ...
+        raise UsageError(str(exc).splitlines()[0]) from None
+    kind = _write_result(args.out, queries.numpy(), logp.double().numpy(), score.double().numpy())
     print(
         f"{type(est).__name__} on n={samples.shape[0]}, d={samples.shape[1]}: "
-        f"wrote logdensity {tuple(logp.shape)} and score {tuple(score.shape)} to {args.out}"
+        f"wrote logdensity {tuple(logp.shape)} and score {tuple(score.shape)} to {args.out} ({kind})"
     )
     return 0
 
@@ -97,10 +229,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyro-disco", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    fmt = _HelpFormatter
+    parser = argparse.ArgumentParser(prog="pyro-disco", description=DESCRIPTION, formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a DiScoFormer on random Gaussian mixtures (resumable)")
+    p = sub.add_parser(
+        "train", formatter_class=fmt, help="train a DiScoFormer on random Gaussian mixtures (resumable)"
+    )
     p.add_argument("--dim", type=int, required=True, help="dimension d of the samples")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt and log.jsonl; reused to resume")
     p.add_argument("--steps", type=int, default=20_000)
@@ -141,26 +277,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="universal: relative score error in whitened coordinates, or averaged with original ones",
     )
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_cmd_train, parser=p)
 
-    p = sub.add_parser("demo", help="2-D bimodal mixture: transformer vs KDE vs exact, table and figure")
+    p = sub.add_parser(
+        "demo", formatter_class=fmt, help="2-D bimodal mixture: transformer vs KDE vs exact, table and figure"
+    )
     p.add_argument("--num-samples", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="demo.png", help="where to save the figure")
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=_cmd_demo, parser=p)
 
-    p = sub.add_parser("estimate", help="log-density and score of your samples at your query points")
+    p = sub.add_parser(
+        "estimate", formatter_class=fmt, help="log-density and score of your samples at your query points"
+    )
     p.add_argument("samples", help="samples, (n, d): .npy (no pickles), .csv or whitespace-separated text")
     p.add_argument("--queries", help="query points (m, d), same formats; default: the samples themselves")
     p.add_argument(
-        "--estimator", default="auto", help="auto | transformer | kde | silverman-kde | sdkde | emp-sdkde"
+        "--estimator",
+        default="auto",
+        choices=ESTIMATOR_CHOICES,
+        help="auto: the shipped transformer where it beats Scott's KDE for this d, else KDE",
     )
-    p.add_argument("--adapt-steps", type=int, default=0, help="test-time adaptation steps (transformer only)")
-    p.add_argument("--out", default="estimate.npz", help="output .npz with points, logdensity, score")
-    p.set_defaults(func=_cmd_estimate)
+    p.add_argument(
+        "--adapt-steps",
+        type=_non_negative_int,
+        default=0,
+        help="test-time adaptation steps (transformer only)",
+    )
+    p.add_argument(
+        "--out",
+        default="estimate.npz",
+        help="output file, written under exactly this name: CSV if it ends in .csv "
+        "(columns x0.., logdensity, score0..), else .npz (arrays points, logdensity, score)",
+    )
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (it shows after 2 s, on stderr)"
+    )
+    p.set_defaults(func=_cmd_estimate, parser=p)
 
     p = sub.add_parser(
-        "export", help="ship a training run's weights inside the package (sha256 + model card)"
+        "export",
+        formatter_class=fmt,
+        help="ship a training run's weights inside the package (sha256 + model card)",
     )
     p.add_argument("run", help="training run folder (with checkpoint.pt and log.jsonl)")
     p.add_argument("--name", required=True, help="model name, e.g. discoformer-d2")
@@ -177,13 +335,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="universal model: the dimensions where estimator='auto' picks it (the benchmark decides)",
     )
-    p.set_defaults(func=_cmd_export)
+    p.set_defaults(func=_cmd_export, parser=p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        args.parser.error(str(exc))  # one line on stderr, exit status 2
+        return 2  # pragma: no cover - error() exits
 
 
 if __name__ == "__main__":

@@ -35,11 +35,108 @@ def test_estimate_on_user_files(tmp_path, suffix, capsys):
     assert res["logdensity"].shape == (7,)
 
 
-def test_estimate_refuses_pickled_arrays(tmp_path):
+def _one_line_error(argv, capsys) -> str:
+    """Run the CLI expecting a usage error: exit status 2 and one 'error:' line, no traceback."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_estimate_refuses_pickled_arrays(tmp_path, capsys):
     path = tmp_path / "evil.npy"
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError, match="allow_pickle"):
-        main(["estimate", str(path), "--estimator", "kde", "--out", str(tmp_path / "o.npz")])
+    line = _one_line_error(
+        ["estimate", str(path), "--estimator", "kde", "--out", str(tmp_path / "o.npz")], capsys
+    )
+    assert "Python objects, refused" in line
+
+
+def _write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_every_user_mistake_is_one_line(tmp_path, capsys):
+    good = _write(tmp_path / "x.csv", "\n".join(f"{i % 7},{(i * 3) % 11}" for i in range(40)))
+    out = str(tmp_path / "o.npz")
+    cases = {
+        "does not exist": ["estimate", str(tmp_path / "missing.csv")],
+        "is a folder": ["estimate", str(tmp_path)],
+        "invalid choice: 'kdee'": ["estimate", good, "--estimator", "kdee"],
+        "could not read numbers": ["estimate", _write(tmp_path / "t.csv", "a,b\nc,d\n1,2\n")],
+        "d=3 coordinates": ["estimate", good, "--queries", _write(tmp_path / "q.csv", "1,2,3\n")],
+        "n > d": ["estimate", _write(tmp_path / "few.csv", "1,2\n3,5\n")],
+        "--adapt-steps needs the transformer": ["estimate", good, "--estimator", "kde", "--adapt-steps", "2"],
+        "must be >= 0": ["estimate", good, "--adapt-steps", "-1"],
+        "output folder": ["estimate", good, "--estimator", "kde", "--out", str(tmp_path / "no" / "o.npz")],
+    }
+    for expected, argv in cases.items():
+        if "--out" not in argv:
+            argv = [*argv, "--out", out]
+        line = _one_line_error(argv, capsys)
+        assert expected in line, (expected, line)
+
+
+def test_csv_header_output_name_and_format(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(100, 2))
+    path = tmp_path / "x.csv"
+    np.savetxt(path, x, delimiter=",", header="a,b", comments="")  # a header row, skipped
+    out = tmp_path / "est.csv"
+    assert main(["estimate", str(path), "--estimator", "kde", "--out", str(out), "--no-progress"]) == 0
+    assert f"to {out} (CSV)" in capsys.readouterr().out
+    table = np.loadtxt(out, delimiter=",", skiprows=1)
+    assert table.shape == (100, 5) and out.read_text().startswith("x0,x1,logdensity,score0,score1")
+    ref = GaussianKDE(torch.from_numpy(x))
+    np.testing.assert_allclose(
+        table[:, 2], ref.logdensity(torch.from_numpy(x)).numpy(), rtol=1e-6
+    )  # %.18e text
+    other = tmp_path / "result.bin"  # any other name: npz content under exactly that name
+    main(["estimate", str(path), "--estimator", "kde", "--out", str(other), "--no-progress"])
+    assert other.exists() and not (tmp_path / "result.bin.npz").exists()
+    assert np.load(other, allow_pickle=False)["score"].shape == (100, 2)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".pyro-disco-")] == []  # no temp left
+
+
+def test_version_help_and_choices(capsys):
+    import pyro_disco
+    from pyro_disco.cli import ESTIMATOR_CHOICES
+    from pyro_disco.factory import ESTIMATORS
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"pyro-disco {pyro_disco.__version__}"
+    with pytest.raises(SystemExit):
+        main(["estimate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # undo the help's line wrapping
+    assert "(default: auto)" in text and "(default: estimate.npz)" in text
+    assert "``" not in text and ":math:" not in text  # no RST markup
+    assert tuple(ESTIMATOR_CHOICES) == tuple(ESTIMATORS)
+
+
+def test_progress_bar_on_long_estimates(tmp_path, capsys, monkeypatch):
+    import pyro_disco.cli as cli
+
+    monkeypatch.setattr(cli, "_PROGRESS_CHUNK", 50)
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(2).normal(size=(300, 2)))
+    seen = {}
+    import tqdm.auto
+
+    real = tqdm.auto.tqdm
+
+    class Spy(real):
+        def __init__(self, *a, **k):
+            seen.update(k)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Spy)
+    main(["estimate", str(x), "--estimator", "kde", "--out", str(tmp_path / "o.npz")])
+    assert seen["total"] == 300 and seen["delay"] == 2.0 and not seen["disable"]
 
 
 def test_train_then_export(tmp_path):
