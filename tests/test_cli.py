@@ -1,6 +1,7 @@
 """The command line: demo, estimate on user files (no pickles), train + export."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -100,6 +101,9 @@ def test_csv_header_output_name_and_format(tmp_path, capsys):
     assert other.exists() and not (tmp_path / "result.bin.npz").exists()
     assert np.load(other, allow_pickle=False)["score"].shape == (100, 2)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".pyro-disco-")] == []  # no temp left
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # the usual permissions, not mkstemp's 0600
 
 
 def test_version_help_and_choices(capsys):

@@ -1,5 +1,6 @@
 """Estimators: the dtype/device rule, ``__repr__``, ``.to`` and safe save/load round trips."""
 
+import os
 import pickle
 
 import pytest
@@ -42,6 +43,9 @@ def test_save_load_round_trip_is_exact(name, dtype, tmp_path):
     path = tmp_path / "est.pt"
     est.save(path)
     state = torch.load(path, weights_only=True)  # the safe loader accepts the file as is
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
     assert state["format"] == "pyro-disco-estimator" and state["kind"] == type(est).__name__
     again = type(est).load(path)
     assert type(again) is type(est) and repr(again) == repr(est)

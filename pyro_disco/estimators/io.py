@@ -135,6 +135,9 @@ def save_estimator(est, path: str | os.PathLike) -> None:
     os.close(fd)
     try:
         torch.save(state, tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
