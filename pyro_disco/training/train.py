@@ -11,7 +11,9 @@ import json
 import math
 import os
 import signal
+import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -23,6 +25,11 @@ from pyro_disco.nn.discoformer import DiScoFormer, DiScoFormerConfig
 from pyro_disco.nn.universal import UniversalConfig, UniversalDiScoFormer
 from pyro_disco.training.tasks import MixtureTask, log_uniform_int, sample_task
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no run-folder lock
+    fcntl = None
+
 __all__ = [
     "TrainConfig",
     "train",
@@ -31,11 +38,14 @@ __all__ = [
     "validation_tasks",
     "build_model",
     "UNIVERSAL_VAL_DIMS",
+    "RunLockedError",
 ]
 
 UNIVERSAL_VAL_DIMS = (2, 5, 10, 32)  # dimensions the universal model is validated on during training
 
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"  # the checkpoint before the newest, kept when a new one is written
+LOCK = ".lock"
 
 
 @dataclass
@@ -70,6 +80,7 @@ class TrainConfig:
     score_metric: str = "whitened"  # universal: "whitened" or "both" (+ original coordinates)
 
     def __post_init__(self):
+        self._check_ranges()
         if self.arch not in ("discoformer", "universal"):
             raise ValueError(f"arch must be 'discoformer' or 'universal', got {self.arch!r}")
         if self.score_metric not in ("whitened", "both"):
@@ -78,6 +89,59 @@ class TrainConfig:
             raise ValueError("score_metric='both' is implemented for arch='universal' only")
         if self.arch == "universal" and not 1 <= self.dim_min <= self.dim:
             raise ValueError(f"need 1 <= dim_min <= dim, got dim_min={self.dim_min}, dim={self.dim}")
+
+    def _check_ranges(self) -> None:
+        """Every argument's range, checked before anything runs (was: ``alpha=5`` trained with a
+        negative loss weight, ``n_min > n_max`` drew sizes outside both, ``eval_every=0``
+        crashed after step 1)."""
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        for name in (
+            "dim",
+            "steps",
+            "tokens_per_step",
+            "n_min",
+            "n_max",
+            "num_queries",
+            "warmup",
+            "seed",
+            "checkpoint_every",
+            "eval_every",
+            "dim_min",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+        for name in ("off_support_fraction", "alpha", "lr", "weight_decay", "clip", "dim_power"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        need(self.dim >= 1, f"dim must be >= 1, got {self.dim}")
+        need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        need(self.tokens_per_step >= 1, f"tokens_per_step must be >= 1, got {self.tokens_per_step}")
+        need(self.n_min >= 2, f"n_min must be >= 2 (a sample set needs a spread), got {self.n_min}")
+        need(self.n_min <= self.n_max, f"need n_min <= n_max, got n_min={self.n_min}, n_max={self.n_max}")
+        need(self.num_queries >= 1, f"num_queries must be >= 1, got {self.num_queries}")
+        need(
+            0.0 <= self.off_support_fraction <= 1.0,
+            f"off_support_fraction must be in [0, 1], got {self.off_support_fraction}",
+        )
+        need(0.0 <= self.alpha <= 1.0, f"alpha (log-density loss weight) must be in [0, 1], got {self.alpha}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
+        need(self.clip > 0, f"clip must be > 0, got {self.clip}")
+        need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
+        need(
+            self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
+            f"threads must be None or >= 1, got {self.threads!r}",
+        )
+        need(isinstance(self.model, dict), f"model must be a dict of config overrides, got {self.model!r}")
 
     def model_config(self) -> DiScoFormerConfig | UniversalConfig:
         if self.arch == "universal":
@@ -229,73 +293,207 @@ def _lr(cfg: TrainConfig, step: int) -> float:
 
 
 def _save(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write ``state`` atomically and durably: a temporary file in the same folder, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _all_finite(*state_dicts: dict) -> bool:
+    """True if every floating tensor in (nested) state dicts is finite."""
+
+    def walk(obj) -> bool:
+        if isinstance(obj, Tensor):
+            return not obj.is_floating_point() or bool(torch.isfinite(obj).all())
+        if isinstance(obj, dict):
+            return all(walk(v) for v in obj.values())
+        if isinstance(obj, (list, tuple)):
+            return all(walk(v) for v in obj)
+        return True
+
+    return all(walk(sd) for sd in state_dicts)
+
+
+class RunLockedError(RuntimeError):
+    """Another process is training in the same run folder."""
+
+
+def _lock(out: Path):
+    """An exclusive ``flock`` on ``out/.lock`` for the life of the returned file (POSIX only)."""
+    f = open(out / LOCK, "a+")
+    if fcntl is not None:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise RunLockedError(
+                f"{out} is in use by another training process (it holds {out / LOCK}); "
+                "wait for it to finish or stop it, or train into another --out"
+            ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def _load_checkpoint(out: Path, device: torch.device) -> dict | None:
+    """The newest usable checkpoint: ``checkpoint.pt``, else the one before it. A checkpoint with
+    non-finite weights (written by versions before this check) is skipped with a warning."""
+    problems = []
+    for name in (CHECKPOINT, PREVIOUS):
+        path = out / name
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as exc:  # a torn or foreign file: fall back to the previous checkpoint
+            problems.append(f"{path}: unreadable ({type(exc).__name__}: {exc})")
+            continue
+        if not _all_finite(state["model"], state["optimizer"]):
+            problems.append(f"{path}: non-finite weights or optimiser state")
+            continue
+        for problem in problems:
+            warnings.warn(f"skipping {problem}; resuming from {path}", stacklevel=3)
+        if name == PREVIOUS and (out / CHECKPOINT).exists():  # set the unusable newest aside
+            os.replace(out / CHECKPOINT, out / f"{CHECKPOINT}.unusable")
+        return state
+    if problems:
+        raise RuntimeError(
+            "no usable checkpoint to resume from: " + "; ".join(problems) + ". Move the run folder "
+            "away to start afresh."
+        )
+    return None
+
+
+def _read_log(path: Path, step: int) -> list[str]:
+    """Log lines of steps ``<= step`` (later ones are redone). A line that does not parse (the
+    torn last line of a killed run) is dropped with a warning instead of stopping the resume."""
+    kept, torn = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            record_step = int(record["step"])
+        except (ValueError, KeyError, TypeError):
+            torn += 1
+            continue
+        if record_step <= step:
+            kept.append(line)
+    if torn:
+        warnings.warn(f"{path}: dropped {torn} unreadable line(s) (a run killed mid-write)", stacklevel=3)
+    return kept
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> DiScoFormer:
     """Train (or resume) a DiScoFormer; writes ``checkpoint.pt`` and ``log.jsonl`` in ``out_dir``.
 
-    Stops cleanly on Ctrl-C or SIGTERM after saving a checkpoint; run again to resume.
+    A run you cannot lose:
+
+    - Ctrl-C or SIGTERM only set a flag; the loop stops at the next step boundary, checkpoints
+      and returns. Resuming is then exact: model, optimiser, step and the RNG states are saved
+      together in one atomic write, so a resumed run is bit-for-bit the uninterrupted one.
+    - An exception inside a step (a second Ctrl-C, say) leaves the last checkpoint alone rather
+      than saving a half-applied optimiser step.
+    - A checkpoint with non-finite weights or optimiser state is never written; the one it would
+      replace is kept as ``checkpoint.prev.pt``, so a diverging run leaves two good ones.
+    - ``out_dir`` is locked (``flock``): a second ``train`` on it fails at once.
+    - A torn last line of ``log.jsonl`` is dropped on resume.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out)
+    try:
+        # fork_rng: the global RNG (dropout) is part of the run's state, not the caller's
+        with torch.random.fork_rng(devices=[]):
+            return _train_locked(cfg, out, progress)
+    finally:
+        lock.close()
+
+
+def _train_locked(cfg: TrainConfig, out: Path, progress: bool) -> DiScoFormer:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    with torch.random.fork_rng(devices=[]):  # reproducible init without touching the caller's RNG
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model_config()).to(device)
+    torch.manual_seed(cfg.seed)  # reproducible init
+    model = build_model(cfg.model_config()).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, elapsed = 0, 0.0
     ckpt_path = out / CHECKPOINT
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+    state = _load_checkpoint(out, device)
+    if state is not None:
         saved = TrainConfig.from_dict(state["train_config"])
         if saved.model_config() != cfg.model_config():
             raise ValueError(f"{ckpt_path} was trained with a different architecture: {saved.model_config()}")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
     val = _validation_for(cfg)
-    gen_state = gen.get_state()  # the RNG at the start of the next step: an interrupted step is redone
+    # (step, gen_state, torch_rng) always describe the same step boundary: the start of step + 1
+    gen_state, torch_rng = gen.get_state(), torch.get_rng_state()
     log_path = out / "log.jsonl"
     if log_path.exists():  # drop records of steps after the checkpoint: they are redone
-        kept = [
-            line
-            for line in log_path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step
-        ]
-        log_path.write_text("".join(line + "\n" for line in kept))
+        kept = _read_log(log_path, step)
+        tmp = log_path.with_name(f".{log_path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, log_path)
     log = open(log_path, "a", buffering=1)
 
-    def checkpoint():
-        _save(
-            ckpt_path,
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "generator": gen_state,
-                "step": step,
-                "elapsed": elapsed,
-                "train_config": asdict(cfg),
-                "model_config": cfg.model_config().to_dict(),
-            },
-        )
+    saved_step = step if ckpt_path.exists() else -1  # the step checkpoint.pt holds
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
+    def checkpoint() -> bool:
+        nonlocal saved_step
+        if step == saved_step:
+            return True  # already on disk: rotating it would drop the previous one
+        if not _all_finite(model.state_dict(), opt.state_dict()):
+            bar.write(f"not checkpointing step {step}: non-finite weights; {ckpt_path} is kept")
+            return False
+        log.flush()
+        os.fsync(log.fileno())
+        state = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "generator": gen_state,
+            "torch_rng": torch_rng,
+            "step": step,
+            "elapsed": elapsed,
+            "train_config": asdict(cfg),
+            "model_config": cfg.model_config().to_dict(),
+        }
+        if ckpt_path.exists():
+            os.replace(ckpt_path, out / PREVIOUS)
+        _save(ckpt_path, state)
+        saved_step = step
+        return True
 
-    old = signal.signal(signal.SIGTERM, on_term)
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        if stop["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now (the last checkpoint is kept)
+        stop["signal"] = signum
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     desc = f"train d={cfg.dim}" if cfg.arch != "universal" else f"train universal d={cfg.dim_min}…{cfg.dim}"
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=desc)
     bad = 0
+    at_boundary = True  # model and optimiser are exactly the state after `step` steps
     model.train()
     try:
-        while step < cfg.steps:
+        while step < cfg.steps and stop["signal"] is None:
             t0 = time.perf_counter()
             dim = cfg.sample_dim(gen)
             n = max(log_uniform_int(cfg.n_min, cfg.n_max, generator=gen), 2 * dim + 2)
@@ -318,14 +516,19 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Di
             if not torch.isfinite(loss):
                 bad += 1
                 if bad > 20:
-                    raise FloatingPointError("20 non-finite losses in a row; lower the learning rate")
+                    raise FloatingPointError(
+                        f"20 non-finite losses in a row after step {step}; lower the learning rate. "
+                        f"The last good checkpoints are kept: {ckpt_path} and {out / PREVIOUS}"
+                    )
                 continue
             bad = 0
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            at_boundary = False
             opt.step()
             step += 1
-            gen_state = gen.get_state()
+            gen_state, torch_rng = gen.get_state(), torch.get_rng_state()
+            at_boundary = True
             elapsed += time.perf_counter() - t0
             record = {
                 "step": step,
@@ -343,13 +546,21 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Di
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}", n=n)
             if step % cfg.checkpoint_every == 0:
-                log.flush()
                 checkpoint()
-    except KeyboardInterrupt:
-        bar.write(f"interrupted at step {step}; checkpoint saved to {ckpt_path}, run again to resume")
-    finally:
+        if stop["signal"] is not None:
+            bar.write(
+                f"stopped by signal {stop['signal']} at step {step}; checkpoint saved to {ckpt_path}, "
+                "run again to resume"
+            )
         checkpoint()
+    except KeyboardInterrupt:
+        if at_boundary and checkpoint():
+            bar.write(f"interrupted at step {step}; checkpoint saved, run again to resume")
+        else:
+            bar.write(f"interrupted inside step {step + 1}; the last checkpoint {ckpt_path} is kept")
+    finally:
         log.close()
         bar.close()
-        signal.signal(signal.SIGTERM, old)
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
     return model
