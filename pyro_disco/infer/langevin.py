@@ -103,6 +103,23 @@ def logdensity_and_score_fn(target, logdensity_fn: Callable | None = None) -> Ca
     return lambda x: (logdensity_fn(x), score_fn(x))
 
 
+def _checked_score(score: Tensor, position: Tensor) -> Tensor:
+    """A user's score must have the positions' shape (an ``(n, 1)`` score for ``d = 2`` would
+    broadcast silently)."""
+    if not isinstance(score, Tensor) or score.shape != position.shape:
+        got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
+        raise ValueError(f"the score must have the positions' shape {tuple(position.shape)}, got {got}")
+    return score.detach()
+
+
+def _checked_logdensity(logp: Tensor, position: Tensor) -> Tensor:
+    batch = position.shape[:-1]
+    if not isinstance(logp, Tensor) or logp.numel() != batch.numel():
+        got = tuple(logp.shape) if isinstance(logp, Tensor) else type(logp).__name__
+        raise ValueError(f"the log-density must have shape {tuple(batch)}, got {got}")
+    return logp.detach().reshape(batch)  # (1,) for one chain of shape (d,) is fine
+
+
 def init(
     position: Tensor,
     score_fn: Callable,
@@ -114,9 +131,9 @@ def init(
     position = position.detach()
     if logdensity_and_score_fn is not None:
         logp, score = logdensity_and_score_fn(position)
-        return LangevinState(position, logp.detach(), score.detach())
-    logp = None if logdensity_fn is None else logdensity_fn(position).detach()
-    return LangevinState(position, logp, score_fn(position).detach())
+        return LangevinState(position, _checked_logdensity(logp, position), _checked_score(score, position))
+    logp = None if logdensity_fn is None else _checked_logdensity(logdensity_fn(position), position)
+    return LangevinState(position, logp, _checked_score(score_fn(position), position))
 
 
 def _propose(state: LangevinState, step_size: float, generator) -> tuple[Tensor, Tensor]:
@@ -133,7 +150,7 @@ def ula_step(
     """One unadjusted Langevin step; a chain whose proposal is not finite stays put and is
     flagged divergent."""
     proposal, ok = _propose(state, step_size, generator)
-    score = score_fn(proposal).detach()
+    score = _checked_score(score_fn(proposal), proposal)
     ok = ok & torch.isfinite(score).all(-1)
     position = torch.where(ok.unsqueeze(-1), proposal, state.position)
     score = torch.where(ok.unsqueeze(-1), score, state.score)
@@ -153,8 +170,10 @@ def mala_step(
         raise ValueError("MALA state has no log-density: use init(..., logdensity_and_score_fn=...)")
     x = state.position
     proposal, ok = _propose(state, step_size, generator)
-    logp_y, score_y = (t.detach() for t in logdensity_and_score_fn(proposal))
-    ok = ok & torch.isfinite(logp_y) & torch.isfinite(score_y).all(-1)
+    logp_y, score_y = logdensity_and_score_fn(proposal)
+    logp_y, score_y = _checked_logdensity(logp_y, proposal), _checked_score(score_y, proposal)
+    # a chain whose current state is not finite cannot be judged: it is divergent and stays put
+    ok = ok & torch.isfinite(logp_y) & torch.isfinite(score_y).all(-1) & _finite_state(state)
     fwd = ((proposal - x - step_size * state.score) ** 2).sum(-1)
     bwd = ((x - proposal - step_size * score_y) ** 2).sum(-1)
     log_ratio = logp_y - state.logdensity - (bwd - fwd) / (4.0 * step_size)
@@ -170,6 +189,12 @@ def mala_step(
         torch.where(a, score_y, state.score),
     )
     return new, LangevinInfo(prob, accept, divergent)
+
+
+def _finite_state(state: LangevinState) -> Tensor:
+    """Per chain ``(...)``: position, score (and log-density) all finite."""
+    ok = torch.isfinite(state.position).all(-1) & torch.isfinite(state.score).all(-1)
+    return ok if state.logdensity is None else ok & torch.isfinite(state.logdensity)
 
 
 def step_size_init(step_size: float) -> StepSizeState:
@@ -219,8 +244,10 @@ def run(
             then needs ``logdensity_fn``).
         step_size: initial step size :math:`h` (kept fixed for ULA).
         num_steps: draws kept after ``num_warmup`` warm-up steps.
-        adapt_step_size: MALA only: dual averaging during warm-up on the chain-averaged
-            acceptance probability toward ``target_accept_prob``.
+        adapt_step_size: MALA only: dual averaging during warm-up toward
+            ``target_accept_prob``, on the acceptance probability averaged over the chains whose
+            state is finite (a chain at a NaN log-density is flagged divergent, stays put, and is
+            left out, so it cannot freeze the others).
 
     Returns:
         :class:`LangevinRun` with ``samples`` ``(..., num_steps, d)``.
@@ -239,13 +266,16 @@ def run(
     h = step_size
     kept, infos = [], []
     for i in tqdm(range(num_warmup + num_steps), disable=not progress, desc=method.upper()):
+        healthy = _finite_state(state)  # chains that can inform the step size
         if method == "mala":
             state, info = mala_step(state, both, h, generator=generator)
         else:
             state, info = ula_step(state, score_fn, h, generator=generator)
         if i < num_warmup:
-            if method == "mala" and adapt_step_size:
-                adapt = step_size_update(adapt, float(info.acceptance_prob.mean()), target_accept_prob)
+            if method == "mala" and adapt_step_size and bool(healthy.any()):
+                # adapt on finite chains only: one NaN chain made the mean, and h, NaN for all
+                accept = float(info.acceptance_prob[healthy].mean())
+                adapt = step_size_update(adapt, accept, target_accept_prob)
                 h = math.exp(adapt.log_step_size if i + 1 < num_warmup else adapt.log_step_size_avg)
             continue
         kept.append(state.position)

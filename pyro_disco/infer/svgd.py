@@ -99,7 +99,12 @@ def svgd_direction(
     kernel = RBF() if kernel is None else kernel
     x = particles.detach()
     n = x.shape[0]
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).any(-1).sum())
+        raise ValueError(f"{bad} particle(s) are not finite (NaN or inf); SVGD cannot move them")
     s = as_score_fn(score)(x).detach()  # n d
+    if s.shape != x.shape:
+        raise ValueError(f"the score must have the particles' shape {tuple(x.shape)}, got {tuple(s.shape)}")
     h = _bandwidth(kernel, x, bandwidth_rule)
     k, dk, _ = kernel.profile(torch.cdist(x, x).square(), h)  # n n, symmetric
     drive = k @ s  # sum_j k(x_j, x_i) s(x_j)
