@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,6 +36,7 @@ __all__ = [
     "model_from_state",
     "save_weights",
     "registry_path",
+    "RegistryError",
     "pretrained_estimator",
     "WEIGHTS_DIR",
 ]
@@ -52,9 +54,40 @@ def _registry() -> dict[str, dict]:
     """Name -> entry, written by ``pyro-disco export``: ``{"file", "sha256", "dim", "auto"}`` for a
     per-dimension model (``auto``: bool), ``{"file", "sha256", "dims": [lo, hi], "auto": [d, ...]}``
     for the universal one (``auto``: the dimensions where it is the default)."""
-    if not _REGISTRY_FILE.exists():
-        return {}
-    return json.loads(_REGISTRY_FILE.read_text())
+    path = _REGISTRY_FILE
+    if not path.exists():
+        raise RegistryError(
+            f"the pretrained-model registry {path} is missing; reinstall pyro_disco "
+            "(without it no shipped model can be verified, and 'auto' would silently fall back to KDE)"
+        )
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"the pretrained-model registry {path} is unreadable: {exc}") from exc
+    if not isinstance(entries, dict):
+        raise RegistryError(f"the pretrained-model registry {path} must map names to entries")
+    for name, entry in entries.items():
+        _check_entry(name, entry, path)
+    return entries
+
+
+class RegistryError(RuntimeError):
+    """The registry of shipped models is missing, unreadable or has an invalid entry."""
+
+
+def _check_entry(name: str, entry, path: Path) -> None:
+    if not isinstance(entry, dict):
+        raise RegistryError(f"{path}: entry {name!r} must be an object, got {entry!r}")
+    file = entry.get("file")
+    if not isinstance(file, str) or not file or Path(file).name != file or file in (".", ".."):
+        raise RegistryError(f"{path}: entry {name!r} has an invalid file name {file!r}")
+    sha = entry.get("sha256")
+    if not isinstance(sha, str) or not sha:
+        raise RegistryError(
+            f"{path}: entry {name!r} has no sha256 (got {sha!r}); every shipped model must be verifiable"
+        )
+    if "dim" not in entry and "dims" not in entry:
+        raise RegistryError(f"{path}: entry {name!r} has neither 'dim' nor 'dims'")
 
 
 def _entry_dims(entry: dict) -> list[int]:
@@ -156,7 +189,13 @@ def save_weights(model: DiScoFormer, path: str | Path, metadata: dict | None = N
         "state_dict": {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()},
         "metadata": dict(metadata or {}),
     }
-    torch.save(state, path)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:  # atomic: a failed write never leaves a truncated weight file under the real name
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return sha256_file(path)
 
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import re
+import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -11,7 +15,7 @@ import torch
 from pyro_disco.pretrained import WEIGHTS_DIR, load_weights, model_from_state, registry_path, save_weights
 from pyro_disco.training.train import CHECKPOINT, TrainConfig
 
-__all__ = ["export_run", "load_checkpoint", "train_command"]
+__all__ = ["export_run", "load_checkpoint", "train_command", "check_model_name"]
 
 
 def train_command(cfg: TrainConfig, out: str) -> str:
@@ -50,6 +54,53 @@ def load_checkpoint(path: str | Path) -> torch.nn.Module:
     return load_weights(path)
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_model_name(name: str) -> str:
+    """A model name is a plain file stem: letters, digits, ``.``, ``_``, ``-``; no path separator,
+    no ``..`` (``--name ../../escaped`` wrote outside the weights folder)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' only "
+            "(starting with a letter or digit, no '..', at most 100 characters)"
+        )
+    return name
+
+
+def _read_registry(path: Path) -> dict:
+    """The registry being extended: absent means empty (a fresh weights folder); unreadable is an
+    error, never silently replaced."""
+    if not path.exists():
+        return {}
+    try:
+        entries = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"the registry {path} is corrupt ({exc}); repair it before exporting") from exc
+    if not isinstance(entries, dict):
+        raise ValueError(f"the registry {path} must map names to entries")
+    return entries
+
+
+def _read_log_records(path: Path) -> list[dict]:
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # a torn line of a killed run
+    return records
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _curve_keys(record: dict) -> list[str]:
     keys = [k for k in record if k.startswith(("rel_score_", "orig_rel_score_")) and "at_samples" not in k]
     return sorted(keys, key=lambda k: (k.startswith("orig_"), k))
@@ -63,21 +114,47 @@ def export_run(
     registry: str | Path | None = None,
     notes: str = "",
     auto: bool | list[int] = True,
+    force: bool = False,
 ) -> dict:
     """Export ``run_dir/checkpoint.pt`` as ``<weights_dir>/<name>.pt`` (float32 weights + config),
     record its sha256 in the registry and write a model card ``<name>.md`` beside it.
 
     ``auto``: whether ``estimator="auto"`` picks this model (per-dimension models), or the list
-    of dimensions where it does (the universal model; ``True`` means all it covers)."""
+    of dimensions where it does (the universal model; ``True`` means all it covers); a run
+    with no step or no validation record cannot be ``auto``. ``name`` is a plain file stem (no
+    path separators, no ``..``); an existing model of that name is replaced only with
+    ``force=True``, after a copy of its files and registry entry goes to
+    ``<weights_dir>/backup/<time>/``. Every file is written atomically."""
+    check_model_name(name)
     run_dir = Path(run_dir)
     weights_dir = Path(weights_dir) if weights_dir else WEIGHTS_DIR
     registry = Path(registry) if registry else registry_path()
-    weights_dir.mkdir(parents=True, exist_ok=True)
+    entries = _read_registry(registry)
+    existing = [p for p in (weights_dir / f"{name}.pt", weights_dir / f"{name}.md") if p.exists()]
+    if (existing or name in entries) and not force:
+        raise FileExistsError(
+            f"a model named {name!r} already exists ({', '.join(map(str, existing)) or registry}); "
+            "choose another name, or pass force=True (--force) to replace it (a backup is kept)"
+        )
     state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
     cfg = TrainConfig.from_dict(state["train_config"])
     model = load_checkpoint(run_dir / CHECKPOINT)
-    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    log = _read_log_records(run_dir / "log.jsonl")
     evals = [r for r in log if any(k.startswith("rel_score") for k in r)]
+    if auto and (int(state["step"]) < 1 or not evals):
+        raise ValueError(
+            f"{run_dir} has {'no training steps' if int(state['step']) < 1 else 'no validation record'}: "
+            "an untrained or unvalidated model cannot be the default; export it with auto=False "
+            "(--not-default)"
+        )
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    if existing or name in entries:
+        backup = weights_dir / "backup" / time.strftime("%Y%m%d-%H%M%S")
+        backup.mkdir(parents=True, exist_ok=True)
+        for path in existing:
+            shutil.copy2(path, backup / path.name)
+        if name in entries:
+            (backup / f"{name}.registry.json").write_text(json.dumps(entries[name], indent=2) + "\n")
     meta = {
         "name": name,
         "steps": int(state["step"]),
@@ -92,7 +169,6 @@ def export_run(
     }
     file = f"{name}.pt"
     sha = save_weights(model, weights_dir / file, meta)
-    entries = json.loads(registry.read_text()) if registry.exists() else {}
     if cfg.arch == "universal":
         dims = list(range(cfg.dim_min, cfg.dim + 1))
         auto_dims = dims if auto is True else [] if auto is False else sorted(int(d) for d in auto)
@@ -104,7 +180,7 @@ def export_run(
     else:
         entries[name] = {"file": file, "sha256": sha, "dim": cfg.dim, "auto": bool(auto)}
         what = f"DiScoFormer for d = {cfg.dim} (arXiv:2511.05924)"
-    registry.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    _write_atomic(registry, json.dumps(entries, indent=2, sort_keys=True) + "\n")
     columns = _curve_keys(evals[-1]) if evals else []
     curve = "\n".join(
         f"| {r['step']} | {r['elapsed_s']:.0f} | "
@@ -133,5 +209,5 @@ def export_run(
 
 {notes}
 """
-    (weights_dir / f"{name}.md").write_text(card)
+    _write_atomic(weights_dir / f"{name}.md", card)
     return {"file": str(weights_dir / file), "sha256": sha, **meta}

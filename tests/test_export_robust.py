@@ -1,0 +1,105 @@
+"""Safe export and registry (issue 12, item 5): names, overwrites, untrained runs, sha256, a
+missing or corrupt registry."""
+
+import json
+
+import pytest
+import torch
+
+import pyro_disco.pretrained as pretrained
+from pyro_disco.training import TrainConfig, train
+from pyro_disco.training.export import export_run
+from pyro_disco.training.train import CHECKPOINT
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(
+        dim=2,
+        steps=2,
+        tokens_per_step=256,
+        n_min=32,
+        n_max=64,
+        num_queries=16,
+        warmup=1,
+        model=dict(d_model=16, num_layers=1, num_heads=2, d_ff=32),
+    )
+    train(cfg, out, progress=False)
+    return out
+
+
+def _export(run, tmp_path, name="tiny", **kw):
+    return export_run(run, name, weights_dir=tmp_path / "w", registry=tmp_path / "registry.json", **kw)
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "..", "", ".hidden", "a\\b", "x" * 101])
+def test_export_names_are_validated(name, run, tmp_path):
+    """Was: --name ../../escaped wrote outside the weights folder."""
+    with pytest.raises(ValueError, match="invalid model name"):
+        _export(run, tmp_path, name)
+    assert not (tmp_path / "w").exists()
+
+
+def test_existing_model_is_not_overwritten_without_force(run, tmp_path):
+    """Was: --name discoformer-d2 silently replaced the shipped weights and their sha."""
+    first = _export(run, tmp_path)
+    with pytest.raises(FileExistsError, match="already exists"):
+        _export(run, tmp_path)
+    assert json.loads((tmp_path / "registry.json").read_text())["tiny"]["sha256"] == first["sha256"]
+    _export(run, tmp_path, force=True)
+    backups = list((tmp_path / "w" / "backup").glob("*/tiny.pt"))
+    assert len(backups) == 1 and pretrained.sha256_file(backups[0]) == first["sha256"]
+    assert list((tmp_path / "w" / "backup").glob("*/tiny.registry.json"))
+
+
+def test_untrained_run_is_never_auto(run, tmp_path):
+    """Was: a run with --steps -5 exported with auto: true."""
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    state = torch.load(run / CHECKPOINT, weights_only=True)
+    state["step"] = 0
+    torch.save(state, untrained / CHECKPOINT)
+    (untrained / "log.jsonl").write_text("")
+    with pytest.raises(ValueError, match="cannot be the default"):
+        _export(untrained, tmp_path)
+    _export(untrained, tmp_path, auto=False)
+    assert json.loads((tmp_path / "registry.json").read_text())["tiny"]["auto"] is False
+
+
+def test_corrupt_registry_is_not_replaced_by_export(run, tmp_path):
+    (tmp_path / "registry.json").write_text('{"discoformer-d2": {"file": ')
+    with pytest.raises(ValueError, match="corrupt"):
+        _export(run, tmp_path)
+
+
+def _with_registry(monkeypatch, tmp_path, text):
+    path = tmp_path / "registry.json"
+    if text is not None:
+        path.write_text(text)
+    monkeypatch.setattr(pretrained, "_REGISTRY_FILE", path)
+    pretrained.load_model.cache_clear()
+
+
+def test_registry_entry_without_sha256_is_refused(monkeypatch, tmp_path):
+    """Was: sha256: null loaded with no verification."""
+    entry = {"file": "discoformer-d2.pt", "sha256": None, "dim": 2, "auto": True}
+    _with_registry(monkeypatch, tmp_path, json.dumps({"discoformer-d2": entry}))
+    with pytest.raises(pretrained.RegistryError, match="no sha256"):
+        pretrained.load_model("discoformer-d2")
+
+
+@pytest.mark.parametrize(
+    "text", [None, "{not json", "[]", '{"m": {"file": "../x.pt", "sha256": "ab", "dim": 2}}']
+)
+def test_missing_or_corrupt_registry_is_a_clear_error(text, monkeypatch, tmp_path):
+    """Was: a missing registry.json silently turned every 'auto' into KDE."""
+    import pyro_disco
+
+    _with_registry(monkeypatch, tmp_path, text)
+    with pytest.raises(pretrained.RegistryError):
+        pretrained.available_models()
+    x = torch.randn(200, 2, dtype=torch.float64)
+    with pytest.raises(pretrained.RegistryError):
+        pyro_disco.build_estimator(x, "auto")
+    pretrained.load_model.cache_clear()
