@@ -20,7 +20,7 @@ DESCRIPTION = (
 )
 # estimator names, as pyro_disco.factory.ESTIMATORS (kept literal so --help needs no torch import;
 # tests/test_cli.py checks the two agree)
-ESTIMATOR_CHOICES = ("auto", "transformer", "kde", "silverman-kde", "sdkde", "emp-sdkde")
+ESTIMATOR_CHOICES = ("auto", "transformer", "gmm", "kde", "silverman-kde", "sdkde", "emp-sdkde")
 _PROGRESS_CHUNK = 2048  # queries per progress-bar step
 
 
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--estimator",
         default="auto",
         choices=ESTIMATOR_CHOICES,
-        help="auto: the shipped transformer where it beats Scott's KDE for this d, else KDE",
+        help="auto: the best of the mixture, KDE and shipped transformer by held-out Hyvärinen score",
     )
     p.add_argument(
         "--adapt-steps",
