@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import Tensor
@@ -30,7 +31,14 @@ from pyro_disco.estimators.whitening import fit_whitening
 from pyro_disco.nn.discoformer import DiScoFormer
 from pyro_disco.nn.universal import UniversalDiScoFormer
 
-__all__ = ["DiScoFormerEstimator", "consistency_loss"]
+__all__ = ["DiScoFormerEstimator", "consistency_loss", "TAIL_START", "TAIL_END"]
+
+# The far-field guarantee: in whitened coordinates, beyond TAIL_START × the samples' largest
+# radius the outputs blend (smoothstep) into the standard normal's, reached at TAIL_END ×; there
+# the score is exactly -y_w (points back at the data, grows linearly) and the log-density falls
+# quadratically, whatever the network would extrapolate (DESIGN §8: the d = 1 model pointed
+# outward beyond ~15 sd).
+TAIL_START, TAIL_END = 1.25, 2.0
 
 
 class DiScoFormerEstimator(SampleEstimator):
@@ -42,6 +50,9 @@ class DiScoFormerEstimator(SampleEstimator):
         samples: ``(n, d)`` float32 or float64, ``n > d``; ``d`` must be one the model covers.
         block_size: rows of attention computed at once (memory ``O(block_size · n)``).
         query_block: queries answered per forward pass.
+        far_field: blend into the whitened standard normal's log-density and score beyond
+            ``TAIL_START`` × the samples' largest whitened radius (``tail_radii``), fully past
+            ``TAIL_END`` ×; ``False`` returns the raw network everywhere.
 
     The score at the samples themselves is free (the context tokens' own outputs) and is
     returned when ``score`` is called with the very ``samples`` tensor.
@@ -54,6 +65,7 @@ class DiScoFormerEstimator(SampleEstimator):
         *,
         block_size: int = 2048,
         query_block: int = 8192,
+        far_field: bool = True,
     ):
         x = as_samples(samples)
         model.check_dim(x.shape[1])
@@ -71,6 +83,8 @@ class DiScoFormerEstimator(SampleEstimator):
         with torch.no_grad():
             self._encoded = model.encode(self._context, block_size=block_size)
         self._at_samples: tuple[Tensor, Tensor] | None = None
+        radius = float(self._context[0].double().norm(dim=-1).max())
+        self.tail_radii = (TAIL_START * radius, TAIL_END * radius) if far_field else (math.inf, math.inf)
 
     def _map_back(self, logf_w: Tensor, score_w: Tensor) -> tuple[Tensor, Tensor]:
         logf = logf_w.double() + self.whitening.logabsdet
@@ -79,13 +93,25 @@ class DiScoFormerEstimator(SampleEstimator):
     def _logdensity_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self._is_samples(x):
             return self.at_samples()
-        y = self.whitening.apply(x).to(self._net_dtype).unsqueeze(0)  # 1 m d
+        yw = self.whitening.apply(x)  # m d, float64
+        r = yw.norm(dim=-1)
+        tail_logf = -0.5 * yw.square().sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
+        start, end = self.tail_radii
+        inner = torch.nonzero(r < end).squeeze(-1)  # the network never sees points past the tail
+        if inner.numel() == 0:
+            return self._map_back(tail_logf, -yw)
+        y = yw[inner].to(self._net_dtype).unsqueeze(0)  # 1 m' d
         logs, scores = [], []
         for yb in y.split(self.query_block, dim=1):
             lf, sc = self.model.query(self._encoded, yb, block_size=self.block_size)
             logs.append(lf[0])
             scores.append(sc[0])
-        return self._map_back(torch.cat(logs), torch.cat(scores))
+        net_logf = tail_logf.index_put((inner,), torch.cat(logs).double())
+        net_score = (-yw).index_put((inner,), torch.cat(scores).double())
+        t = ((r - start) / (end - start)).clamp(0.0, 1.0) if math.isfinite(start) else torch.zeros_like(r)
+        w = (t * t * (3 - 2 * t)).unsqueeze(-1)  # smoothstep: 0 inside the data's extent, 1 past the tail
+        logf = (1 - w[:, 0]) * net_logf + w[:, 0] * tail_logf
+        return self._map_back(logf, (1 - w) * net_score - w * yw)
 
     def _is_samples(self, x: Tensor) -> bool:
         """``x`` is the samples tensor itself (or a detached view of it) and needs no gradient."""
@@ -146,7 +172,11 @@ class DiScoFormerEstimator(SampleEstimator):
         for p in model.parameters():
             p.requires_grad_(False)
         adapted = DiScoFormerEstimator(
-            model, self.samples, block_size=self.block_size, query_block=self.query_block
+            model,
+            self.samples,
+            block_size=self.block_size,
+            query_block=self.query_block,
+            far_field=math.isfinite(self.tail_radii[0]),
         )
         adapted.adaptation_losses = losses
         return adapted

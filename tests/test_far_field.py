@@ -1,0 +1,43 @@
+"""The far-field guarantee: beyond the data, every shipped model's score points back at the data
+and grows linearly, and its log-density falls quadratically (random rays out to 100 sd)."""
+
+import pytest
+import torch
+
+from pyro_disco.estimators.transformer import DiScoFormerEstimator
+from pyro_disco.pretrained import available_models, load_model
+
+CASES = [(name, d) for name, dims in sorted(available_models().items()) for d in dims]
+
+
+@pytest.mark.parametrize("name,d", CASES)
+def test_score_points_back_and_grows_far_from_the_data(name, d):
+    g = torch.Generator().manual_seed(d)
+    n = max(200, 4 * d)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    x[: n // 2, 0] += 4.0  # bimodal: where the d = 1 model used to point outward from 5-10 sd
+    est = DiScoFormerEstimator(load_model(name), x)
+    u = torch.randn(16, d, generator=g, dtype=torch.float64)
+    u = u / u.norm(dim=-1, keepdim=True)
+    centre, spread = x.mean(0), float(x.std(0).max())
+    radii = torch.tensor([5.0, 10.0, 20.0, 50.0, 100.0], dtype=torch.float64) * spread  # 5 … 100 sd
+    pts = centre + radii.view(-1, 1, 1) * u  # R 16 d
+    logf, score = est.logdensity_and_score(pts)
+    assert bool(torch.isfinite(logf).all() and torch.isfinite(score).all())
+    radial = (score * u).sum(-1)  # R 16
+    rw = est.whitening.apply(pts.reshape(-1, d)).norm(dim=-1).reshape(radii.shape[0], -1)
+    beyond = rw >= est.tail_radii[0]
+    assert bool(beyond[-2:].all())  # 50 and 100 sd are past the data's extent
+    assert bool((radial[beyond] < 0).all()), "score points away from the data"
+    # linear growth: the radial score doubles from 50 to 100 sd (within 5 %)
+    assert bool((radial[-1] <= 1.9 * radial[-2]).all())
+    # quadratic decay: log f(100 sd) - log f(50 sd) = -½(‖y_w(100)‖² - ‖y_w(50)‖²)
+    torch.testing.assert_close(logf[-1] - logf[-2], -0.5 * (rw[-1] ** 2 - rw[-2] ** 2), rtol=1e-9, atol=1e-6)
+
+
+def test_huge_queries_stay_finite_and_point_back():
+    x = torch.randn(300, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    est = DiScoFormerEstimator(load_model("discoformer-universal"), x)
+    logf, score = est.logdensity_and_score(torch.full((2, 2), 1e18, dtype=torch.float64))
+    assert bool(torch.isfinite(logf).all() and torch.isfinite(score).all())
+    assert bool((score < 0).all())
