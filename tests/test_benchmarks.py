@@ -27,6 +27,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
             ["--dims", "2", "7", "--sizes", "256", "--reps", "1", "--out", "{tmp}/u.md"],
             "auto-dims:",
         ),
+        ("peers.py", ["--smoke", "--out", "{tmp}/peers.md"], "sklearn GMM-BIC"),
     ],
 )
 def test_benchmark_script_runs(script, args, expect, tmp_path):
