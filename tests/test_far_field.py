@@ -41,3 +41,22 @@ def test_huge_queries_stay_finite_and_point_back():
     logf, score = est.logdensity_and_score(torch.full((2, 2), 1e18, dtype=torch.float64))
     assert bool(torch.isfinite(logf).all() and torch.isfinite(score).all())
     assert bool((score < 0).all())
+
+
+def test_normalize_makes_the_transformer_integrate_to_one():
+    from pyro_disco.estimators.normalizer import log_normalizer
+    from pyro_disco.training.tasks import random_mixtures
+
+    g = torch.Generator().manual_seed(5005)
+    x = random_mixtures(1, 5, generator=g).sample(1024, generator=g)[0]
+    raw = DiScoFormerEstimator(load_model("discoformer-universal"), x)
+    est = DiScoFormerEstimator(load_model("discoformer-universal"), x, normalize=True)
+    assert raw.normalization is None
+    before = log_normalizer(raw, x, generator=torch.Generator().manual_seed(1))
+    after = log_normalizer(est, x, generator=torch.Generator().manual_seed(1))
+    assert est.normalization.ess >= 100
+    # after: 4 standard errors of the two independent estimates
+    assert abs(after.value) < 4 * (after.std_error + est.normalization.std_error)
+    assert abs(before.value - est.normalization.value) < 4 * (before.std_error + est.normalization.std_error)
+    lf, _ = est.logdensity_and_score(x[:3] + 0.1)
+    torch.testing.assert_close(lf, raw.logdensity(x[:3] + 0.1) - est.normalization.value)

@@ -27,6 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pyro_disco._validation import as_samples
 from pyro_disco.estimators.base import SampleEstimator
+from pyro_disco.estimators.normalizer import LogNormalizer, log_normalizer
 from pyro_disco.estimators.whitening import fit_whitening
 from pyro_disco.nn.discoformer import DiScoFormer
 from pyro_disco.nn.universal import UniversalDiScoFormer
@@ -39,6 +40,18 @@ __all__ = ["DiScoFormerEstimator", "consistency_loss", "TAIL_START", "TAIL_END"]
 # quadratically, whatever the network would extrapolate (DESIGN §8: the d = 1 model pointed
 # outward beyond ~15 sd).
 TAIL_START, TAIL_END = 1.25, 2.0
+MIN_ESS = 100.0  # below this the importance-sampling log-normaliser is not applied
+
+
+class _RawLogdensity:
+    """The un-normalised log-density of an estimator, for the importance sampler."""
+
+    def __init__(self, est: DiScoFormerEstimator):
+        self.est, self.dtype = est, est.dtype
+
+    def logdensity(self, x: Tensor) -> Tensor:
+        flat, batch = self.est._prepare(x)
+        return self.est._raw(flat)[0].reshape(batch)
 
 
 class DiScoFormerEstimator(SampleEstimator):
@@ -53,6 +66,13 @@ class DiScoFormerEstimator(SampleEstimator):
         far_field: blend into the whitened standard normal's log-density and score beyond
             ``TAIL_START`` × the samples' largest whitened radius (``tail_radii``), fully past
             ``TAIL_END`` ×; ``False`` returns the raw network everywhere.
+        normalize: (opt-in; not yet the default because a random importance sample breaks the
+            exact rotation equivariance at the Monte Carlo level) subtract the network's
+            log-normaliser, estimated once by importance sampling
+            (:mod:`pyro_disco.estimators.normalizer`, 4096 draws, fixed seed) on the first
+            log-density request, wherever its effective sample size is at least ``MIN_ESS``;
+            the estimate, its standard error and ESS are in ``normalization``. Scores are
+            unaffected.
 
     The score at the samples themselves is free (the context tokens' own outputs) and is
     returned when ``score`` is called with the very ``samples`` tensor.
@@ -66,6 +86,7 @@ class DiScoFormerEstimator(SampleEstimator):
         block_size: int = 2048,
         query_block: int = 8192,
         far_field: bool = True,
+        normalize: bool = False,
     ):
         x = as_samples(samples)
         model.check_dim(x.shape[1])
@@ -84,6 +105,7 @@ class DiScoFormerEstimator(SampleEstimator):
             self._encoded = model.encode(self._context, block_size=block_size)
         self._at_samples: tuple[Tensor, Tensor] | None = None
         radius = float(self._context[0].double().norm(dim=-1).max())
+        self._normalize, self._normalization = normalize, None
         self.tail_radii = (TAIL_START * radius, TAIL_END * radius) if far_field else (math.inf, math.inf)
 
     def _map_back(self, logf_w: Tensor, score_w: Tensor) -> tuple[Tensor, Tensor]:
@@ -91,8 +113,29 @@ class DiScoFormerEstimator(SampleEstimator):
         return logf.to(self.dtype), self.whitening.score_back(score_w).to(self.dtype)
 
     def _logdensity_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logf, score = self._raw(x)
+        return logf - self.log_normalizer_value(), score
+
+    @property
+    def normalization(self) -> LogNormalizer | None:
+        """The importance-sampling estimate of :math:`\\log\\int \\hat f` of the raw network (computed
+        on the first log-density request; ``None`` with ``normalize=False``)."""
+        if self._normalize and self._normalization is None:
+            raw = _RawLogdensity(self)
+            self._normalization = log_normalizer(
+                raw, self.samples, generator=torch.Generator().manual_seed(0)
+            )
+        return self._normalization
+
+    def log_normalizer_value(self) -> float:
+        """What ``logdensity`` subtracts: the estimated :math:`\\log Z` where its effective sample
+        size is at least ``MIN_ESS``, else 0 (see ``normalization`` for the estimate itself)."""
+        z = self.normalization
+        return z.value if z is not None and z.ess >= MIN_ESS else 0.0
+
+    def _raw(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self._is_samples(x):
-            return self.at_samples()
+            return self._raw_at_samples()
         yw = self.whitening.apply(x)  # m d, float64
         r = yw.norm(dim=-1)
         tail_logf = -0.5 * yw.square().sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
@@ -127,10 +170,15 @@ class DiScoFormerEstimator(SampleEstimator):
         return self._logdensity_and_score(x)[0]
 
     def _score(self, x: Tensor) -> Tensor:
-        return self._logdensity_and_score(x)[1]
+        return self._raw(x)[1]
 
     def at_samples(self) -> tuple[Tensor, Tensor]:
-        """Log-density ``(n,)`` and score ``(n, d)`` at the samples, from the encoder's own outputs."""
+        """Log-density ``(n,)`` (normalised as ``logdensity``) and score ``(n, d)`` at the samples,
+        from the encoder's own outputs."""
+        logf, score = self._raw_at_samples()
+        return logf - self.log_normalizer_value(), score
+
+    def _raw_at_samples(self) -> tuple[Tensor, Tensor]:
         if self._at_samples is None:
             with torch.no_grad():
                 lf, sc = self.model.at_context(self._context, self._encoded)
@@ -177,6 +225,7 @@ class DiScoFormerEstimator(SampleEstimator):
             block_size=self.block_size,
             query_block=self.query_block,
             far_field=math.isfinite(self.tail_radii[0]),
+            normalize=self._normalize,
         )
         adapted.adaptation_losses = losses
         return adapted
