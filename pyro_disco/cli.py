@@ -230,7 +230,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     notes = open(args.notes).read() if args.notes else ""
     auto = args.auto_dims if args.auto_dims is not None else not args.not_default
-    info = export_run(args.run, args.name, notes=notes, auto=auto)
+    info = export_run(args.run, args.name, notes=notes, auto=auto, force=args.force)
     print(f"wrote {info['file']} (sha256 {info['sha256']}), {info['steps']} steps")
     return 0
 
@@ -330,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="training run folder (with checkpoint.pt and log.jsonl)")
     p.add_argument("--name", required=True, help="model name, e.g. discoformer-d2")
     p.add_argument("--notes", help="a markdown file appended to the model card")
+    p.add_argument(
+        "--force", action="store_true", help="replace a shipped model of this name (a backup is kept)"
+    )
     p.add_argument(
         "--not-default",
         action="store_true",
