@@ -72,6 +72,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "dropout": args.dropout,
             "kde_features": args.kde_features,
             "head_dim": args.head_dim,
+            "mixture_components": args.mixture_components,
         }.items()
         if v is not None
     }
@@ -258,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--d-model", type=int, default=None)
     p.add_argument("--num-layers", type=int, default=None)
+    p.add_argument(
+        "--mixture-components",
+        type=int,
+        default=None,
+        help="universal arch: feed the BIC Gaussian mixture (EM, k <= this) and start as it",
+    )
     p.add_argument("--num-heads", type=int, default=None)
     p.add_argument("--d-ff", type=int, default=None)
     p.add_argument("--dropout", type=float, default=None)

@@ -349,3 +349,38 @@ def test_tiny_universal_training_covers_several_dims_and_lowers_the_loss(tmp_pat
     with torch.no_grad():
         for a, b in zip(loaded(x, y), model(x, y)):
             assert torch.equal(a, b)
+
+
+# --- 5. the mixture-aware variant (mixture_components > 0) -----------------------------------
+
+
+def test_untrained_mixture_model_is_the_bic_mixture():
+    from pyro_disco.estimators.mixture import GaussianMixtureEstimator
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(600, 3, generator=g, dtype=torch.float64)
+    x[:300] += 4.0  # two clusters: BIC picks k = 2
+    y = 3 * torch.randn(20, 3, generator=g, dtype=torch.float64)
+    net = _model(noise=0.0, mixture_components=6)
+    logf, score = DiScoFormerEstimator(net, x, far_field=False).logdensity_and_score(y)
+    gmm = GaussianMixtureEstimator(x, max_components=6, num_iters=30, tol=-1.0)  # the network's EM
+    assert gmm.num_components == 2
+    ref_l, ref_s = gmm.logdensity_and_score(y)
+    assert _rel(logf, ref_l) <= EXACT and _rel(score, ref_s) <= EXACT
+
+
+@pytest.mark.parametrize("d", (1, 2, 7, 32))
+def test_mixture_model_rotations_are_exact(d):
+    g = torch.Generator().manual_seed(300 + d)
+    model = _model(seed=d, mixture_components=4)  # every parameter perturbed: all gates open
+    n = 48 if d < 32 else 80
+    x = _cloud(g, 2, n, d)
+    y = torch.randn(2, 12, d, generator=g, dtype=torch.float64) * 1.5
+    with torch.no_grad():
+        logf, score = model(x, y)
+        logf0, score0 = _model(seed=d, noise=0.0, mixture_components=4)(x, y)
+        assert _rel(score, score0) > 1e-2  # the perturbation matters
+        for det in (1, -1):
+            q = _orthogonal(2, d, det, g)
+            lq, sq = model(x @ q, y @ q)
+            assert _rel(lq, logf) <= EXACT and _rel(sq, score @ q) <= EXACT, (det, _rel(sq, score @ q))

@@ -53,6 +53,8 @@ class GaussianMixtureEstimator(SampleEstimator):
         reg_covar: floor added to the diagonal of every covariance, in whitened units (the
             samples' covariance is the identity there).
         weights: optional ``(n,)`` non-negative sample weights (importance or SMC output).
+        num_iters, tol: EM iterations at most, and the early-stopping tolerance on the mean
+            log-likelihood per sample (a negative ``tol`` runs every iteration).
 
     Attributes:
         num_components: the ``k`` selected by BIC (or forced).
@@ -68,6 +70,8 @@ class GaussianMixtureEstimator(SampleEstimator):
         num_components: int | None = None,
         reg_covar: float = 1e-3,
         weights: Tensor | None = None,
+        num_iters: int = 60,
+        tol: float = 1e-6,
     ):
         x = as_samples(samples)
         if max_components < 1 or (num_components is not None and num_components < 1):
@@ -88,7 +92,9 @@ class GaussianMixtureEstimator(SampleEstimator):
                 raise ValueError("weights must be non-negative and not all zero")
             sample_weights = sample_weights.unsqueeze(0)
         k_max = num_components if num_components is not None else max_components
-        fits = fit_gaussian_mixtures(xw, k_max, reg_covar=reg_covar, sample_weights=sample_weights)
+        fits = fit_gaussian_mixtures(
+            xw, k_max, reg_covar=reg_covar, sample_weights=sample_weights, num_iters=num_iters, tol=tol
+        )
         if num_components is not None:
             if len(fits) < num_components:
                 raise ValueError(

@@ -53,6 +53,7 @@ from pyro_disco.nn.common import (
     kde_features,
     mlp_head,
 )
+from pyro_disco.nn.em import MixtureFit, bic_mixture, fit_gaussian_mixtures, mixture_logdensity_and_score
 
 __all__ = ["UniversalConfig", "UniversalDiScoFormer", "UniversalContext"]
 
@@ -69,6 +70,9 @@ class UniversalConfig:
     d_ff: int = 512
     kde_features: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0)  # multiples of Scott's bandwidth
     head_bandwidths: tuple[float, float] = (0.5, 2.0)  # initial range of the heads' bandwidths (× Scott)
+    # > 0: the BIC-averaged Gaussian mixture (EM, k = 1 … this) of the context is one more
+    # feature column beside the KDEs, and the untrained network *is* that mixture (see _features)
+    mixture_components: int = 0
     arch: str = "universal"
 
     def __post_init__(self):
@@ -85,6 +89,8 @@ class UniversalConfig:
                 f"invalid config: head_bandwidths={self.head_bandwidths} (need 0 < lo <= hi), "
                 f"d_model={self.d_model}, d_ff={self.d_ff}, num_layers={self.num_layers}"
             )
+        if self.mixture_components < 0:
+            raise ValueError(f"mixture_components must be >= 0, got {self.mixture_components}")
         if self.arch != "universal":
             raise ValueError(f"UniversalConfig.arch must be 'universal', got {self.arch!r}")
 
@@ -99,7 +105,8 @@ class UniversalConfig:
 class UniversalContext(NamedTuple):
     """The encoded context: per-layer keys/values ``(B, H, n, ·)`` and positional key terms,
     the final states ``(B, n, C)``, the per-layer score messages ``(B, n, L·H, d)``, the
-    whitened context ``(B, n, d)`` and its KDE features."""
+    whitened context ``(B, n, d)``, its KDE (and mixture) features, and the fitted mixture
+    (``None`` without ``mixture_components``)."""
 
     keys: list[Tensor]
     values: list[Tensor]
@@ -107,6 +114,7 @@ class UniversalContext(NamedTuple):
     messages: Tensor
     context: Tensor
     features: tuple[Tensor, Tensor]
+    mixture: MixtureFit | None = None
 
 
 def _gram_features(vectors: Tensor, dim: int) -> Tensor:
@@ -183,7 +191,7 @@ class UniversalDiScoFormer(nn.Module):
     def __init__(self, config: UniversalConfig):
         super().__init__()
         self.config = config
-        k = len(config.kde_features)
+        k = len(config.kde_features) + (1 if config.mixture_components else 0)  # feature columns
         n_in = 5 + 2 * k + (k + 1) * (k + 2) // 2
         self.embed = nn.Linear(n_in, config.d_model)
         self.blocks = nn.ModuleList(EquivariantBlock(config) for _ in range(config.num_layers))
@@ -191,7 +199,8 @@ class UniversalDiScoFormer(nn.Module):
         n_msg = config.num_layers * config.num_heads
         self.logdensity_head = mlp_head(config.d_model, 1 + k)
         self.score_head = mlp_head(config.d_model, k + n_msg)
-        j = config.kde_features.index(1.0)  # start exactly as Scott's KDE
+        # start exactly as the BIC mixture (last column) if there is one, else as Scott's KDE
+        j = k - 1 if config.mixture_components else config.kde_features.index(1.0)
         init_gates((self.logdensity_head, 1 + j), (self.score_head, j))
 
     def check_dim(self, dim: int) -> None:
@@ -225,13 +234,44 @@ class UniversalDiScoFormer(nn.Module):
             dim=-1,
         )
 
-    def _features(self, y: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+    def _features(self, y: Tensor, context: Tensor, mixture: MixtureFit | None) -> tuple[Tensor, Tensor]:
+        """KDE corrections over the standard normal ``(B, m, K)``, ``(B, m, K, d)``, with the
+        mixture's corrections appended as one more column when it is given."""
         n, d = context.shape[-2:]
         scott = self._scott(n, d)
-        return kde_features(y, context, [c * scott for c in self.config.kde_features])
+        return self._append_mixture(
+            y, kde_features(y, context, [c * scott for c in self.config.kde_features]), mixture
+        )
+
+    @staticmethod
+    def _append_mixture(y: Tensor, features: tuple[Tensor, Tensor], mixture: MixtureFit | None):
+        if mixture is None:
+            return features
+        logs, scores = features
+        logf, score = mixture_logdensity_and_score(mixture, y.to(mixture.loc.dtype))
+        gauss = -0.5 * y.square().sum(-1) - 0.5 * y.shape[-1] * math.log(2 * math.pi)
+        logs = torch.cat([logs, (logf.to(y.dtype) - gauss).unsqueeze(-1)], -1)
+        return logs, torch.cat([scores, (score.to(y.dtype) + y).unsqueeze(-2)], -2)
+
+    def _fit_mixture(self, context: Tensor, kde_logs: Tensor) -> MixtureFit | None:
+        """The BIC-averaged EM fit of the whitened ``context`` (float64, not trained through;
+        a fixed number of EM steps so that equivariance holds to round-off)."""
+        if not self.config.mixture_components:
+            return None
+        j = self.config.kde_features.index(1.0)
+        rank = kde_logs[..., j].double() - 0.5 * context.double().square().sum(-1)  # log Scott-KDE + const
+        with torch.no_grad():
+            fits = fit_gaussian_mixtures(
+                context.detach().double(),
+                self.config.mixture_components,
+                tol=-1.0,
+                num_iters=30,
+                logdensity=rank,
+            )
+        return bic_mixture(fits)
 
     def _heads(self, y: Tensor, h: Tensor, messages: Tensor, features) -> tuple[Tensor, Tensor]:
-        k = len(self.config.kde_features)
+        k = len(self.config.kde_features) + (1 if self.config.mixture_components else 0)
         h = self.ln_f(h)
         lh = self.logdensity_head(h)  # B m (1 + K)
         sh = self.score_head(h)  # B m (K + L H)
@@ -245,7 +285,9 @@ class UniversalDiScoFormer(nn.Module):
         n, d = context.shape[-2:]
         self.check_dim(d)
         scott = self._scott(n, d)
-        features = self._features(context, context)
+        kde = self._features(context, context, None)
+        mixture = self._fit_mixture(context, kde[0])
+        features = self._append_mixture(context, kde, mixture)
         h = self.embed(self._inputs(context, n, features))
         keys, values, messages = [], [], []
         for block in self.blocks:
@@ -254,7 +296,7 @@ class UniversalDiScoFormer(nn.Module):
             keys.append(kx)
             values.append(vx)
             messages.append(msg)
-        return UniversalContext(keys, values, h, torch.cat(messages, dim=-2), context, features)
+        return UniversalContext(keys, values, h, torch.cat(messages, dim=-2), context, features, mixture)
 
     def at_context(self, context: Tensor, encoded: UniversalContext) -> tuple[Tensor, Tensor]:
         """Log-density ``(B, n)`` and score ``(B, n, d)`` at the samples themselves (free)."""
@@ -267,7 +309,7 @@ class UniversalDiScoFormer(nn.Module):
         if y.shape[-1] != d:
             raise ValueError(f"queries have d={y.shape[-1]} but the context has d={d}")
         scott = self._scott(n, d)
-        features = self._features(y, context)
+        features = self._features(y, context, encoded.mixture)
         g = self.embed(self._inputs(y, n, features))
         messages = []
         for block, kx, vx in zip(self.blocks, encoded.keys, encoded.values):
