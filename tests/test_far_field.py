@@ -60,3 +60,42 @@ def test_normalize_makes_the_transformer_integrate_to_one():
     assert abs(before.value - est.normalization.value) < 4 * (before.std_error + est.normalization.std_error)
     lf, _ = est.logdensity_and_score(x[:3] + 0.1)
     torch.testing.assert_close(lf, raw.logdensity(x[:3] + 0.1) - est.normalization.value)
+
+
+# --- issue 12, item 1: the false attractors of the 1-D default, as users met them ------------
+
+
+def _bimodal_1d():
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(1024, 1, generator=g, dtype=torch.float64)
+    x[:512] += 3.0
+    return x
+
+
+@pytest.mark.parametrize("method", ["ula", "mala"])
+def test_langevin_chains_started_far_out_come_back(method):
+    from pyro_disco import LearnedScore
+    from pyro_disco.infer import langevin
+
+    x = _bimodal_1d()
+    est = LearnedScore(x, estimator="transformer").estimator  # the shipped default network for d = 1
+    start = torch.linspace(-40, 40, 81, dtype=torch.float64).unsqueeze(-1)  # 81 chains, as reported
+    out = langevin.run(
+        start, est, 0.05, 50, method=method, num_warmup=400, generator=torch.Generator().manual_seed(0)
+    )
+    final = out.samples[:, -1, 0]
+    # before the tail: 53 of 81 ULA and 29 of 81 MALA chains ended near ±46-58
+    assert bool((final.abs() < 10).all()), final[final.abs() >= 10]
+
+
+def test_gradient_ascent_on_log_prob_converges_to_the_data():
+    from pyro_disco import LearnedScore
+
+    prior = LearnedScore(_bimodal_1d(), estimator="transformer")
+    z = torch.tensor([[40.0]], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([z], lr=0.1)
+    for _ in range(400):
+        opt.zero_grad()
+        (-prior.log_prob(z).sum()).backward()
+        opt.step()
+    assert -2.0 < float(z.detach()) < 5.0  # a mode of the data (0 or 3), not x = 61 as before
