@@ -311,7 +311,7 @@ def synthetic_tables(rows, choices) -> list[str]:
         if metric in ("ll", "ldmse"):
             i = cols.index("transformer") + 1
             cols = cols[:i] + ["transformer (IS-norm.)"] + cols[i:]
-        lines += [f"### {title}", "", "| family | d | n | " + " | ".join(cols) + " |"]
+        lines += [f"## {title}", "", "| family | d | n | " + " | ".join(cols) + " |"]
         lines.append("|---|---|---|" + "---|" * len(cols))
         for (fam, d, n), cell in rows.items():
             vals = []
@@ -321,7 +321,7 @@ def synthetic_tables(rows, choices) -> list[str]:
             lines.append(f"| {fam} | {d} | {n} | " + " | ".join(vals) + " |")
         lines.append("")
     lines += [
-        "### What `auto` chose (per repetition), and the transformer's log-normaliser",
+        "## What `auto` chose (per repetition), and the transformer's log-normaliser",
         "",
         "log Ẑ = log ∫ exp(transformer logdensity), importance sampling with 4096 draws from ½ sklearn "
         "GMM-BIC + ½ the same with covariances × 4 (mean over reps; ESS = min over reps). "
@@ -352,7 +352,7 @@ def real(splits: int = 5):
         "diabetes": datasets.load_diabetes,
     }
     lines = [
-        "### Real data: held-out mean log-likelihood per point (standardised units; mean ± se over "
+        "## Real data: held-out mean log-likelihood per point (standardised units; mean ± se over "
         f"{splits} random 80/20 splits; higher is better)",
         "",
         "| data | n train | d | transformer | transformer (IS-norm.) | "
