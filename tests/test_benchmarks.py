@@ -42,3 +42,4 @@ def test_benchmark_script_runs(script, args, expect, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert expect in out.stdout
+    assert "Error:" not in out.stdout, out.stdout[-3000:]  # no estimator silently dropped from a table
