@@ -195,3 +195,13 @@ def test_test_time_adaptation_is_applied_once_and_returns_new_objects():
     assert more.estimator.steps == 5 and ls.estimator.steps == 3 and more.samples is ls.samples
     with pytest.raises(ValueError, match="non-negative"):
         ls.adapt(-1)
+
+
+def test_integer_queries_and_negative_expand_are_errors():
+    """Issue 12, item 8: int64 queries were answered with truncated int64 log-densities and
+    ``expand((-1,))`` was accepted."""
+    prior = LearnedScore(_samples(), estimator="kde")
+    with pytest.raises(TypeError, match="floating"):
+        prior.log_prob(torch.zeros(3, prior.dim, dtype=torch.int64))
+    with pytest.raises(ValueError, match="non-negative"):
+        prior.expand((-1,))

@@ -190,6 +190,8 @@ class LearnedScore(TorchDistribution):
 
     def expand(self, batch_shape, _instance=None) -> LearnedScore:
         batch_shape = torch.Size(batch_shape)
+        if any(b < 0 for b in batch_shape):
+            raise ValueError(f"batch_shape must have non-negative sizes, got {tuple(batch_shape)}")
         k = len(self._groups)
         if k and batch_shape[len(batch_shape) - k :] != self._groups:
             raise ValueError(
@@ -198,6 +200,11 @@ class LearnedScore(TorchDistribution):
         return self._copy(self.estimator, batch_shape, _instance)
 
     def _broadcast(self, x: Tensor) -> Tensor:
+        if not torch.is_tensor(x) or not x.is_floating_point():
+            raise TypeError(
+                f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}; "
+                "convert with x.double() or x.float()"
+            )
         if x.dim() < 1 or x.shape[-1] != self.dim:
             raise ValueError(f"x must have shape (..., {self.dim}), got {tuple(x.shape)}")
         batch = torch.broadcast_shapes(x.shape[:-1], self.batch_shape)
