@@ -93,6 +93,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         dim_min=args.dim_min,
         dim_power=args.dim_power,
         score_metric=args.score_metric,
+        init_from=args.init_from,
+        init_blend=args.init_blend,
     )
     train(cfg, args.out, progress=not args.no_progress)
     return 0
@@ -264,6 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="universal arch: feed the BIC Gaussian mixture (EM, k <= this) and start as it",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="universal with --mixture-components: start a new run from this mixture-free universal "
+        "model (shipped name or weight file)",
+    )
+    p.add_argument(
+        "--init-blend",
+        type=float,
+        default=0.5,
+        help="with --init-from: start at (1-b)·old network + b·BIC mixture",
     )
     p.add_argument("--num-heads", type=int, default=None)
     p.add_argument("--d-ff", type=int, default=None)

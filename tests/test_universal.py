@@ -384,3 +384,61 @@ def test_mixture_model_rotations_are_exact(d):
             q = _orthogonal(2, d, det, g)
             lq, sq = model(x @ q, y @ q)
             assert _rel(lq, logf) <= EXACT and _rel(sq, score @ q) <= EXACT, (det, _rel(sq, score @ q))
+
+
+# --- 6. warm start: a mixture-aware network from a trained mixture-free one -----------------
+
+
+@pytest.mark.parametrize("d", (1, 4, 9))
+def test_warm_start_endpoints_are_the_old_network_and_the_mixture(d):
+    from pyro_disco.nn.em import mixture_logdensity_and_score
+    from pyro_disco.training.warm_start import warm_start_mixture
+
+    g = torch.Generator().manual_seed(40 + d)
+    old = _model(seed=d, dtype=torch.float32)  # every weight perturbed: all old gates open
+    x = torch.randn(2, 90, d, generator=g)
+    y = 1.5 * torch.randn(2, 15, d, generator=g)
+    with torch.no_grad():
+        l_old, s_old = old(x, y)
+        l0, s0 = warm_start_mixture(old, 3, blend=0.0).eval()(x, y)
+        # the old columns land in place (float32 round-off: the embedding's matmul is wider)
+        assert _rel(l0, l_old) <= 1e-6 and _rel(s0, s_old) <= 1e-6
+        new = warm_start_mixture(old, 3, blend=1.0).eval()
+        l1, s1 = new(x, y)
+        l_mix, s_mix = mixture_logdensity_and_score(new.encode(x).mixture, y.double())
+        assert _rel(l1.double(), l_mix) <= 1e-6 and _rel(s1.double(), s_mix) <= 1e-6
+        lh, sh = warm_start_mixture(old, 3, blend=0.25).eval()(x, y)
+        assert _rel(lh, 0.75 * l_old + 0.25 * l_mix.float()) <= 1e-5
+        assert _rel(sh, 0.75 * s_old + 0.25 * s_mix.float()) <= 1e-5
+
+
+def test_warm_start_errors_and_run_config():
+    from pyro_disco.training.warm_start import warm_start_mixture
+
+    old = _model(dtype=torch.float32)
+    with pytest.raises(ValueError, match="blend"):
+        warm_start_mixture(old, 3, blend=1.5)
+    with pytest.raises(ValueError, match="already has a mixture"):
+        warm_start_mixture(warm_start_mixture(old, 2), 3)
+    with pytest.raises(ValueError, match="init_from"):
+        TrainConfig(dim=4, arch="universal", init_from="discoformer-universal")  # no mixture column
+    with pytest.raises(ValueError, match="init_blend"):
+        TrainConfig(dim=4, arch="universal", init_from="x", init_blend=2.0, model={"mixture_components": 2})
+
+
+def test_warm_started_run_starts_from_the_weight_file(tmp_path):
+    from pyro_disco.training.warm_start import warm_start_mixture
+
+    old = _model(dtype=torch.float32, max_dim=4)
+    path = tmp_path / "old.pt"
+    save_weights(old, path)
+    model_cfg = {**SMALL, "mixture_components": 2}
+    cfg = TrainConfig(
+        dim=4, arch="universal", steps=1, tokens_per_step=256, n_min=64, n_max=64, num_queries=8,
+        lr=1e-12, warmup=0, eval_every=10, init_from=str(path), init_blend=0.5, model=model_cfg,
+    )
+    trained = train(cfg, tmp_path / "run", progress=False).eval()
+    start = warm_start_mixture(old, 2, blend=0.5).eval()
+    x, y = torch.randn(1, 40, 3), torch.randn(1, 6, 3)
+    with torch.no_grad():
+        assert _rel(trained(x, y)[1], start(x, y)[1]) <= 1e-6  # one step at lr ≈ 0 from the warm start

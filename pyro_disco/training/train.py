@@ -78,6 +78,11 @@ class TrainConfig:
     dim_min: int = 1
     dim_power: float = 0.5
     score_metric: str = "whitened"  # universal: "whitened" or "both" (+ original coordinates)
+    # universal with mixture_components: start a *new* run from this mixture-free universal
+    # network (a shipped model name or a weight file; see training.warm_start), its gates
+    # blended with the mixture's by init_blend (1 = the BIC mixture, 0 = the old network)
+    init_from: str | None = None
+    init_blend: float = 0.5
 
     def __post_init__(self):
         self._check_ranges()
@@ -87,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"score_metric must be 'whitened' or 'both', got {self.score_metric!r}")
         if self.score_metric == "both" and self.arch != "universal":
             raise ValueError("score_metric='both' is implemented for arch='universal' only")
+        if self.init_from is not None and (self.arch != "universal" or not self.model.get("mixture_components")):
+            raise ValueError("init_from warm-starts a universal network with mixture_components > 0 only")
         if self.arch == "universal" and not 1 <= self.dim_min <= self.dim:
             raise ValueError(f"need 1 <= dim_min <= dim, got dim_min={self.dim_min}, dim={self.dim}")
 
@@ -115,7 +122,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int, got {value!r}")
-        for name in ("off_support_fraction", "alpha", "lr", "weight_decay", "clip", "dim_power"):
+        for name in ("off_support_fraction", "alpha", "lr", "weight_decay", "clip", "dim_power", "init_blend"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -129,6 +136,7 @@ class TrainConfig:
             0.0 <= self.off_support_fraction <= 1.0,
             f"off_support_fraction must be in [0, 1], got {self.off_support_fraction}",
         )
+        need(0.0 <= self.init_blend <= 1.0, f"init_blend must be in [0, 1], got {self.init_blend}")
         need(0.0 <= self.alpha <= 1.0, f"alpha (log-density loss weight) must be in [0, 1], got {self.alpha}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
@@ -285,6 +293,23 @@ def evaluate(model: DiScoFormer, tasks: dict) -> dict[str, float]:
     return out
 
 
+def _warm_start(cfg: TrainConfig) -> UniversalDiScoFormer:
+    """The starting network of a fresh run with ``init_from`` (a shipped name or a weight file)."""
+    from pyro_disco.pretrained import available_models, load_model, load_weights
+    from pyro_disco.training.warm_start import warm_start_mixture
+
+    old = load_model(cfg.init_from) if cfg.init_from in available_models() else load_weights(cfg.init_from)
+    if old.config.max_dim != cfg.dim:
+        raise ValueError(f"init_from {cfg.init_from!r} covers d <= {old.config.max_dim}, the run d <= {cfg.dim}")
+    model = warm_start_mixture(old, cfg.model["mixture_components"], blend=cfg.init_blend)
+    if model.config != cfg.model_config():
+        raise ValueError(
+            f"init_from {cfg.init_from!r} has a different architecture from the run: "
+            f"{model.config} vs {cfg.model_config()}"
+        )
+    return model
+
+
 def _lr(cfg: TrainConfig, step: int) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -439,6 +464,9 @@ def _train_locked(cfg: TrainConfig, out: Path, progress: bool) -> DiScoFormer:
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
+    elif cfg.init_from is not None:
+        model = _warm_start(cfg).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     val = _validation_for(cfg)
     # (step, gen_state, torch_rng) always describe the same step boundary: the start of step + 1
     gen_state, torch_rng = gen.get_state(), torch.get_rng_state()
