@@ -5,6 +5,10 @@ would pick, on the same held-out draws.
     python benchmarks/peers.py --full          # d in {1,2,3,5,10,16,32}, n in {256,1024,4096}
     python benchmarks/peers.py --real          # real data sets, writes benchmarks/results/peers_real.md
     python benchmarks/peers.py --smoke         # d=2, n=128, 1 rep, 1 family (tests)
+    python benchmarks/peers.py --full --families mixture --model discoformer-universal \
+        --model training_runs/universal-mix/checkpoint.pt --estimators "sklearn GMM-BIC" "Scott KDE"
+                                               # a network (shipped name, weight file or training
+                                               # checkpoint) as extra columns, peers restricted
 
 Estimators (each cell: every estimator sees the same samples and the same fresh points):
 - ``transformer``: ``build_estimator(x, "transformer")`` (skipped where it raises, d > 32);
@@ -132,15 +136,40 @@ def log_normaliser(est, proposal: GaussianMixture, m: int = 4096, seed: int = 0)
 
 def normalise_transformer(built: dict) -> tuple[float, float, float] | None:
     """log Z (se, ESS) of the transformer under the sklearn fit's proposal, or None."""
-    if isinstance(built.get("transformer"), str) or isinstance(built.get("sklearn GMM-BIC"), str):
+    if not all(isinstance(built.get(k), tuple) for k in ("transformer", "sklearn GMM-BIC")):
         return None
     return log_normaliser(built["transformer"][0], built["sklearn GMM-BIC"][0].proposal())
+
+
+MODELS: dict[str, object] = {}  # column name -> network, from --model
+
+
+def load_network(spec: str):
+    """A shipped model name, a weight file or a training checkpoint."""
+    from pyro_disco.pretrained import available_models, load_model, load_weights
+    from pyro_disco.training.export import load_checkpoint
+
+    if spec in available_models():
+        return load_model(spec)
+    try:
+        return load_weights(spec)
+    except ValueError:
+        return load_checkpoint(spec)
+
+
+def _network_estimator(net, x: torch.Tensor):
+    from pyro_disco.estimators.transformer import DiScoFormerEstimator
+
+    if hasattr(net, "check_dim"):
+        net.check_dim(x.shape[-1])
+    return DiScoFormerEstimator(net, x)
 
 
 def build_all(x: torch.Tensor) -> dict:
     """Every estimator on samples ``x``; a failing one maps to its exception text."""
     out = {}
     makers = {
+        **{name: (lambda net=net: _network_estimator(net, x)) for name, net in MODELS.items()},
         "transformer": lambda: build_estimator(x, "transformer"),
         "gmm": lambda: GaussianMixtureEstimator(x),
         "auto": lambda: build_estimator(x, "auto"),
@@ -149,6 +178,8 @@ def build_all(x: torch.Tensor) -> dict:
         "Scott KDE": lambda: GaussianKDE(x),
     }
     for name, make in makers.items():
+        if name not in ESTIMATORS:
+            continue
         try:
             t0 = time.perf_counter()
             est = make()
@@ -308,7 +339,7 @@ def synthetic_tables(rows, choices) -> list[str]:
     ]
     for metric, title, scale, digits, with_truth in specs:
         cols = (["truth"] if with_truth else []) + ESTIMATORS
-        if metric in ("ll", "ldmse"):
+        if metric in ("ll", "ldmse") and "transformer" in cols:
             i = cols.index("transformer") + 1
             cols = cols[:i] + ["transformer (IS-norm.)"] + cols[i:]
         lines += [f"## {title}", "", "| family | d | n | " + " | ".join(cols) + " |"]
@@ -423,7 +454,30 @@ def main(argv=None):
     mode.add_argument("--real", action="store_true", help="real data sets instead of the synthetic grid")
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--dims", type=int, nargs="+", default=None, help="override the mode's dimensions")
+    p.add_argument("--sizes", type=int, nargs="+", default=None, help="override the mode's sample sizes")
+    p.add_argument("--families", nargs="+", choices=FAMILIES, default=None, help="override the families")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="also benchmark this network (shipped name, weight file or training checkpoint); repeatable",
+    )
+    p.add_argument(
+        "--estimators", nargs="+", default=None, help=f"keep only these of {ESTIMATORS} (plus every --model)"
+    )
     args = p.parse_args(argv)
+    if args.real and (args.model or args.estimators):
+        p.error("--model and --estimators apply to the synthetic grid only")
+    for spec in args.model:
+        name = Path(spec).parent.name + "/" + Path(spec).name if Path(spec).exists() else spec
+        MODELS[name] = load_network(spec)
+    if args.estimators is not None:
+        unknown = set(args.estimators) - set(ESTIMATORS)
+        if unknown:
+            p.error(f"unknown estimators {sorted(unknown)}; choose from {ESTIMATORS}")
+        ESTIMATORS[:] = [e for e in ESTIMATORS if e in args.estimators]
+    ESTIMATORS[:0] = list(MODELS)
     torch.set_num_threads(1)
     here = Path(__file__).resolve().parent / "results"
     header = [
@@ -448,6 +502,7 @@ def main(argv=None):
             dims, sizes, reps, fams = [2], [128], 1, ["mixture"]
         else:
             dims, sizes, reps, fams = [2, 10], [256, 1024], 2, FAMILIES
+        dims, sizes, fams = args.dims or dims, args.sizes or sizes, args.families or fams
         rows, choices = synthetic(dims, sizes, args.reps or reps, fams)
         lines = header + synthetic_tables(rows, choices)
         out = args.out or str(here / "peers.md")
