@@ -124,6 +124,25 @@ def test_step_size_update_moves_toward_target():
     assert low.log_step_size < high.log_step_size
 
 
+def test_step_size_update_is_hoffman_gelman_dual_averaging_and_pure():
+    # Hoffman & Gelman (2014), Alg. 5, written out: the Pyro scheme we delegate to must match it
+    # to round-off, and stepping must leave the previous state usable (a value, not a handle).
+    h0, gamma, t0, kappa, delta = 0.3, 0.05, 10.0, 0.75, 0.574
+    probs = [0.9, 0.2, 0.6, 0.05, 1.0, 0.5]
+    mu, g_avg, x_avg = math.log(10 * h0), 0.0, math.log(h0)
+    state = step_size_init(h0)
+    for t, a in enumerate(probs, start=1):
+        g_avg = (1 - 1 / (t + t0)) * g_avg + (delta - a) / (t + t0)
+        x = mu - math.sqrt(t) / gamma * g_avg
+        x_avg = t**-kappa * x + (1 - t**-kappa) * x_avg
+        before = state
+        state = step_size_update(state, a, delta)
+        assert math.isclose(state.log_step_size, x, rel_tol=1e-12)
+        assert math.isclose(state.log_step_size_avg, x_avg, rel_tol=1e-12)
+    again = step_size_update(before, probs[-1], delta)
+    assert (again.log_step_size, again.log_step_size_avg) == (state.log_step_size, state.log_step_size_avg)
+
+
 @pytest.mark.parametrize("method", ["ula", "mala"])
 def test_kde_score_recovers_the_kde_moments(method):
     # The chains target the KDE, whose moments are exact: mean(X), (n-1)/n Cov(X) + H.

@@ -12,7 +12,8 @@ consistent with the score. Positions are ``(..., d)``: every leading index is an
 chain, so ``(num_chains, d)`` runs chains in parallel.
 
 References: Roberts & Tweedie (1996), *Exponential convergence of Langevin distributions*;
-Hoffman & Gelman (2014), dual averaging (arXiv:1111.4246) for the step size;
+Hoffman & Gelman (2014), dual averaging (arXiv:1111.4246) for the step size (Pyro's own
+:class:`~pyro.ops.dual_averaging.DualAveraging`, the scheme its HMC/NUTS adapt with);
 Roberts & Rosenthal (1998): optimal MALA acceptance 0.574.
 
 Example:
@@ -25,11 +26,13 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+from pyro.ops.dual_averaging import DualAveraging
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -70,13 +73,13 @@ class LangevinInfo(NamedTuple):
 
 
 class StepSizeState(NamedTuple):
-    """Dual-averaging state (Hoffman & Gelman 2014, Alg. 5) on :math:`\\log h`."""
+    """Step-size adaptation on :math:`\\log h`: the current and the averaged log step size, and
+    Pyro's :class:`~pyro.ops.dual_averaging.DualAveraging` scheme that produced them (never
+    mutated: :func:`step_size_update` steps a copy)."""
 
     log_step_size: float
     log_step_size_avg: float
-    grad_avg: float
-    mu: float
-    count: int
+    scheme: DualAveraging
 
 
 class LangevinRun(NamedTuple):
@@ -197,30 +200,27 @@ def _finite_state(state: LangevinState) -> Tensor:
     return ok if state.logdensity is None else ok & torch.isfinite(state.logdensity)
 
 
-def step_size_init(step_size: float) -> StepSizeState:
-    """Start dual averaging at ``step_size`` (shrinkage point :math:`\\log(10 h_0)`)."""
+def step_size_init(
+    step_size: float, *, gamma: float = 0.05, t0: float = 10.0, kappa: float = 0.75
+) -> StepSizeState:
+    """Start dual averaging at ``step_size`` with shrinkage point :math:`\\log(10 h_0)` and
+    Pyro's (= Hoffman & Gelman's) defaults for ``gamma``, ``t0``, ``kappa``."""
     if not step_size > 0:
         raise ValueError(f"step_size must be positive, got {step_size}")
-    return StepSizeState(math.log(step_size), math.log(step_size), 0.0, math.log(10.0 * step_size), 0)
+    scheme = DualAveraging(prox_center=math.log(10.0 * step_size), t0=t0, kappa=kappa, gamma=gamma)
+    return StepSizeState(math.log(step_size), math.log(step_size), scheme)
 
 
 def step_size_update(
-    state: StepSizeState,
-    acceptance_prob: float,
-    target_accept_prob: float = 0.574,
-    *,
-    gamma: float = 0.05,
-    t0: float = 10.0,
-    kappa: float = 0.75,
+    state: StepSizeState, acceptance_prob: float, target_accept_prob: float = 0.574
 ) -> StepSizeState:
-    r"""One dual-averaging update toward ``target_accept_prob``;
-    :math:`\exp(\text{log\_step\_size\_avg})` is the step size to keep after warm-up."""
-    t = state.count + 1
-    eta = 1.0 / (t + t0)
-    grad_avg = (1.0 - eta) * state.grad_avg + eta * (target_accept_prob - acceptance_prob)
-    log_h = state.mu - math.sqrt(t) / gamma * grad_avg
-    w = t ** (-kappa)
-    return StepSizeState(log_h, w * log_h + (1.0 - w) * state.log_step_size_avg, grad_avg, state.mu, t)
+    r"""One dual-averaging update toward ``target_accept_prob`` (statistic
+    :math:`\delta - \alpha`, as in Pyro's HMC); :math:`\exp(\text{log\_step\_size\_avg})`
+    is the step size to keep after warm-up. ``state`` is not modified."""
+    scheme = copy.copy(state.scheme)  # Pyro's scheme is stateful; ours stays a value
+    scheme.step(target_accept_prob - acceptance_prob)
+    log_h, log_h_avg = scheme.get_state()
+    return StepSizeState(float(log_h), float(log_h_avg), scheme)
 
 
 def run(

@@ -3,7 +3,8 @@ r"""Pyro ``MCMCKernel`` shells over the functional Langevin core (:mod:`pyro_dis
 :class:`ULA` and :class:`MALA` plug into :class:`pyro.infer.MCMC`; each step is one call of
 :func:`~pyro_disco.infer.langevin.ula_step` or :func:`~pyro_disco.infer.langevin.mala_step`,
 with the step size adapted during warm-up by dual averaging
-(:func:`~pyro_disco.infer.langevin.step_size_update`).
+(:func:`~pyro_disco.infer.langevin.step_size_update`, which steps Pyro's
+:class:`~pyro.ops.dual_averaging.DualAveraging`, as Pyro's HMC/NUTS do).
 """
 
 from __future__ import annotations
