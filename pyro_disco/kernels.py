@@ -8,6 +8,13 @@ distance :math:`r^2`):
     \nabla_x k = 2\varphi'(r^2)(x - y), \qquad \nabla_y k = -\nabla_x k, \qquad
     \operatorname{tr} \nabla_x \nabla_y k = -2d\,\varphi'(r^2) - 4 r^2 \varphi''(r^2).
 
+Why not Pyro's :class:`~pyro.infer.svgd.RBFSteinKernel` / ``IMQSteinKernel``: they return only
+:math:`\log k` and its first derivative per coordinate (``N N D`` tensors), while the kernel
+Stein discrepancy needs the trace term above (second derivatives); their bandwidth is
+per coordinate, median / log(n + 1), a different kernel from the isotropic median heuristic
+that the KSD test and Gorham & Mackey's IMQ result assume; and they check arguments with
+``assert``. SVGD accepts them as they are (:func:`pyro_disco.infer.svgd.svgd_direction`).
+
 Example:
     >>> x = torch.randn(100, 2)
     >>> k = RBF()

@@ -6,14 +6,15 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer import SVGD, RBFSteinKernel
+from pyro.infer import SVGD, IMQSteinKernel, RBFSteinKernel
+from pyro.infer.svgd import SteinKernel
 from pyro.optim import Adam
 from torch.testing import assert_close
 
 from pyro_disco import GaussianKDE, GaussianMixture
 from pyro_disco.distributions import LearnedScore
 from pyro_disco.infer.particles import flow_init, flow_run, flow_step
-from pyro_disco.infer.svgd import score_factor, svgd_direction, svgd_run
+from pyro_disco.infer.svgd import score_factor, svgd_direction, svgd_init, svgd_run, svgd_step
 from pyro_disco.kernels import IMQ, RBF
 
 F64 = torch.float64
@@ -55,6 +56,53 @@ def test_direction_matches_autograd_of_the_kernel(kernel):
     )
     expected = (k.detach().T @ TARGET.score(x) + grad_k) / 6
     assert_close(phi, expected, **EXACT)
+
+
+class _FixedRBFSteinKernel(SteinKernel):
+    """Pyro's RBFSteinKernel formula with one fixed bandwidth H for every coordinate."""
+
+    def __init__(self, H):
+        self.H = H
+
+    def log_kernel_and_grad(self, particles):
+        delta = particles.unsqueeze(0) - particles.unsqueeze(1)  # N N D
+        return -(delta**2) / self.H, 2.0 * delta / self.H
+
+
+def test_pyro_stein_kernel_gives_the_same_direction_as_ours():
+    # exp(-|x - y|^2 / H) is our RBF with 2 h^2 = H: Pyro's kernel object, used as Pyro's SVGD
+    # uses it, must give our direction to round-off.
+    x = _start(7, 0)
+    phi_pyro, h = svgd_direction(x, TARGET, _FixedRBFSteinKernel(0.8))
+    phi_ours, _ = svgd_direction(x, TARGET, RBF(bandwidth=math.sqrt(0.4)))
+    assert_close(phi_pyro, phi_ours, **EXACT)
+    assert math.isnan(float(h))
+    with pytest.raises(TypeError, match="SteinKernel"):
+        svgd_direction(x, TARGET, kernel="rbf")
+
+
+@pytest.mark.parametrize("kernel", [RBFSteinKernel(), IMQSteinKernel()])
+def test_svgd_with_pyro_kernels_recovers_a_gaussian(kernel):
+    out = svgd_run(_start(150, 2), TARGET, 0.05, 300, kernel=kernel)
+    _check_moments(out.particles, MEAN, COV)
+
+
+def test_adam_step_is_the_adam_update():
+    # torch.optim.Adam rebuilt from the state each step = Kingma & Ba's update written out
+    # (ascent on phi, eps outside the square root), to round-off over several steps.
+    kernel, lr, (b1, b2), eps = RBF(bandwidth=1.0), 0.1, (0.9, 0.999), 1e-6
+    state = svgd_init(_start(10, 3))
+    x, m, v = state.particles.clone(), torch.zeros(10, 2, dtype=F64), torch.zeros(10, 2, dtype=F64)
+    for t in range(1, 5):
+        phi, _ = svgd_direction(x, TARGET, kernel)
+        m = b1 * m + (1 - b1) * phi
+        v = b2 * v + (1 - b2) * phi**2
+        x = x + lr * (m / (1 - b1**t)) / (eps + (v / (1 - b2**t)).sqrt())
+        before = state.particles.clone()
+        state, _ = svgd_step(state, TARGET, lr, kernel=kernel)
+        assert_close(state.particles, x, rtol=1e-12, atol=1e-12)
+    sgd, _ = svgd_step(svgd_init(before), TARGET, lr, kernel=kernel, optimizer="sgd")
+    assert_close(sgd.particles, before + lr * svgd_direction(before, TARGET, kernel)[0], **EXACT)
 
 
 def test_single_particle_follows_the_score():

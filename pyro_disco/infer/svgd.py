@@ -5,8 +5,10 @@ Particles :math:`x_1..x_n` move along the kernelised Stein direction
 .. math:: \phi(x_i) = \frac1n \sum_j \big[k(x_j, x_i)\, s(x_j) + \nabla_{x_j} k(x_j, x_i)\big],
 
 with :math:`s \approx \nabla \log \pi` from any estimator or ``score_fn`` (no log-density is
-needed). Kernels are the radial RBF/IMQ of :mod:`pyro_disco.kernels`; the step is AdaGrad
-with momentum (Liu & Wang's code), Adam or plain SGD.
+needed). Kernels are the radial RBF/IMQ of :mod:`pyro_disco.kernels` (isotropic, one median
+bandwidth) or any Pyro :class:`~pyro.infer.svgd.SteinKernel` (``RBFSteinKernel``,
+``IMQSteinKernel``: per-coordinate bandwidths). The step is :class:`torch.optim.Adam`,
+:class:`torch.optim.SGD`, or AdaGrad with momentum as in Liu & Wang's code.
 
 Reference: Liu & Wang (2016), *Stein Variational Gradient Descent*, arXiv:1608.04471.
 
@@ -29,6 +31,7 @@ from typing import NamedTuple
 
 import pyro
 import torch
+from pyro.infer.svgd import SteinKernel
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 from tqdm.auto import tqdm
@@ -51,7 +54,9 @@ _OPTIMIZERS = ("adagrad", "adam", "sgd")
 
 
 class SVGDState(NamedTuple):
-    """``particles`` ``(n, d)``; optimiser moments ``(n, d)``; ``count`` steps taken."""
+    r"""``particles`` ``(n, d)``; optimiser moments ``(n, d)`` of the descent direction
+    :math:`-\phi` (Adam's ``exp_avg`` / ``exp_avg_sq``; AdaGrad uses the second only);
+    ``count`` steps taken."""
 
     particles: Tensor
     first_moment: Tensor
@@ -60,7 +65,8 @@ class SVGDState(NamedTuple):
 
 
 class SVGDInfo(NamedTuple):
-    """The kernel bandwidth used and the mean norm of the Stein direction (0-dim tensors)."""
+    """The kernel bandwidth used (NaN for a Pyro kernel, which keeps its per-coordinate
+    bandwidths to itself) and the mean norm of the Stein direction (0-dim tensors)."""
 
     bandwidth: Tensor
     direction_norm: Tensor
@@ -85,7 +91,11 @@ def _bandwidth(kernel: RadialKernel, x: Tensor, rule: str) -> Tensor:
 
 
 def svgd_direction(
-    particles: Tensor, score, kernel: RadialKernel | None = None, *, bandwidth_rule: str = "median"
+    particles: Tensor,
+    score,
+    kernel: RadialKernel | SteinKernel | None = None,
+    *,
+    bandwidth_rule: str = "median",
 ) -> tuple[Tensor, Tensor]:
     """The Stein direction :math:`\\phi` ``(n, d)`` at ``particles`` ``(n, d)`` and the bandwidth.
 
@@ -93,6 +103,12 @@ def svgd_direction(
     (default) uses the median pairwise distance as :math:`h`; ``"liu-wang"`` the SVGD paper's
     :math:`h = \\mathrm{med}/\\sqrt{2\\log(n+1)}` (narrower; it under-spread a 2-D Gaussian by
     ~4 % in our runs, against ~0.5 % for ``"median"``).
+
+    A Pyro :class:`~pyro.infer.svgd.SteinKernel` is used as Pyro's ``SVGD(mode="multivariate")``
+    uses it: one kernel on :math:`\\mathbb R^d`, the product of its per-coordinate factors, so
+    that ``svgd_run(x, score, lr, k, kernel=RBFSteinKernel())`` takes the same direction Pyro's
+    SVGD would on a model with that score. Its bandwidths come from its own rule
+    (``bandwidth_rule`` does not apply; the reported bandwidth is NaN).
     """
     if particles.dim() != 2:
         raise ValueError(f"particles must be (n, d), got {tuple(particles.shape)}")
@@ -105,6 +121,15 @@ def svgd_direction(
     s = as_score_fn(score)(x).detach()  # n d
     if s.shape != x.shape:
         raise ValueError(f"the score must have the particles' shape {tuple(x.shape)}, got {tuple(s.shape)}")
+    if isinstance(kernel, SteinKernel):
+        log_k, grad_log_k = kernel.log_kernel_and_grad(x)  # n n d: Pyro's convention, see its SVGD.step
+        k = log_k.sum(-1).exp()  # n n
+        phi = (k @ s - torch.einsum("nm,nmd->nd", k, grad_log_k)) / n
+        return phi, torch.full((), math.nan, dtype=x.dtype, device=x.device)
+    if not isinstance(kernel, RadialKernel):
+        raise TypeError(
+            f"kernel must be a pyro_disco RBF/IMQ or a Pyro SteinKernel, got {type(kernel).__name__}"
+        )
     h = _bandwidth(kernel, x, bandwidth_rule)
     k, dk, _ = kernel.profile(torch.cdist(x, x).square(), h)  # n n, symmetric
     drive = k @ s  # sum_j k(x_j, x_i) s(x_j)
@@ -125,32 +150,47 @@ def svgd_step(
     score,
     step_size: float,
     *,
-    kernel: RadialKernel | None = None,
+    kernel: RadialKernel | SteinKernel | None = None,
     optimizer: str = "adam",
     bandwidth_rule: str = "median",
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-6,
 ) -> tuple[SVGDState, SVGDInfo]:
-    """One SVGD ascent step. ``"adagrad"``: :math:`v \\leftarrow \\beta v + (1-\\beta)\\phi^2`
-    (``v = φ²`` at the first step), :math:`x \\mathrel{+}= \\epsilon\\,\\phi/(10^{-6}+\\sqrt v)`
-    with ``β = 0.9`` (Liu & Wang's code); ``"adam"`` (default);
-    ``"sgd"``: :math:`x \\mathrel{+}= \\epsilon\\phi`."""
+    """One SVGD ascent step along :math:`\\phi`: ``"adam"`` (default) is one step of
+    :class:`torch.optim.Adam` (``lr=step_size``, ``betas``, ``eps``) on the descent direction
+    :math:`-\\phi`, as Pyro's SVGD feeds its optimiser; ``"sgd"`` one of :class:`torch.optim.SGD`
+    (:math:`x \\mathrel{+}= \\epsilon\\phi`); ``"adagrad"`` Liu & Wang's AdaGrad with momentum:
+    :math:`v \\leftarrow \\beta v + (1-\\beta)\\phi^2` (``v = φ²`` at the first step),
+    :math:`x \\mathrel{+}= \\epsilon\\,\\phi/(10^{-6}+\\sqrt v)`, ``β = betas[0]``.
+
+    The optimiser is rebuilt from ``state`` at each call, so the step stays a pure function."""
     if optimizer not in _OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {optimizer!r}")
     phi, h = svgd_direction(state.particles, score, kernel, bandwidth_rule=bandwidth_rule)
     t = state.count + 1
     m, v = state.first_moment, state.second_moment
-    if optimizer == "sgd":
-        update = phi
-    elif optimizer == "adagrad":
-        v = phi**2 if t == 1 else betas[0] * v + (1.0 - betas[0]) * phi**2
-        update = phi / (eps + v.sqrt())
-    else:
-        m = betas[0] * m + (1.0 - betas[0]) * phi
-        v = betas[1] * v + (1.0 - betas[1]) * phi**2
-        update = (m / (1.0 - betas[0] ** t)) / (eps + (v / (1.0 - betas[1] ** t)).sqrt())
     info = SVGDInfo(h, phi.norm(dim=-1).mean())
-    return SVGDState(state.particles + step_size * update, m, v, t), info
+    if optimizer == "adagrad":
+        # Liu & Wang's update is in neither torch nor Pyro: torch's Adagrad sums phi^2 forever,
+        # RMSprop starts v at 0, Pyro's AdagradRMSProp decays the rate as t^-1/2 and divides by 1 + sqrt(v).
+        v = phi**2 if t == 1 else betas[0] * v + (1.0 - betas[0]) * phi**2
+        return SVGDState(state.particles + step_size * phi / (eps + v.sqrt()), m, v, t), info
+    x = state.particles.clone().requires_grad_(True)
+    if optimizer == "sgd":
+        opt = torch.optim.SGD([x], lr=step_size)
+    else:
+        opt = torch.optim.Adam([x], lr=step_size, betas=betas, eps=eps)
+        if state.count:  # resume Adam from the moments carried in the state
+            opt.state[x] = {
+                "step": torch.tensor(float(state.count)),
+                "exp_avg": m.clone(),
+                "exp_avg_sq": v.clone(),
+            }
+    x.grad = -phi
+    opt.step()
+    if optimizer == "adam":
+        m, v = opt.state[x]["exp_avg"], opt.state[x]["exp_avg_sq"]
+    return SVGDState(x.detach(), m, v, t), info
 
 
 def svgd_run(
@@ -159,7 +199,7 @@ def svgd_run(
     step_size: float,
     num_steps: int,
     *,
-    kernel: RadialKernel | None = None,
+    kernel: RadialKernel | SteinKernel | None = None,
     optimizer: str = "adam",
     bandwidth_rule: str = "median",
     save_every: int = 0,
