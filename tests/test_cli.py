@@ -18,6 +18,7 @@ def test_demo_prints_a_table_and_saves_a_figure(tmp_path, capsys):
     assert main(["demo", "--num-samples", "300", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "rel. score MSE" in text and "kde" in text
+    assert "gmm" in text and "auto -> " in text  # auto names the estimator it chose
     assert out.exists() and out.stat().st_size > 10_000
 
 
