@@ -112,3 +112,28 @@ def test_component_cap_and_clear_errors():
         GaussianMixtureEstimator(x, weights=-torch.ones(50))
     with pytest.raises(ValueError, match="reg_covar"):
         GaussianMixtureEstimator(x, reg_covar=0.0)
+
+
+def test_covariance_shrinkage_is_the_documented_formula():
+    from pyro_disco.nn.em import _m_step
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 40, 3, generator=g, dtype=torch.float64) * torch.tensor(
+        [3.0, 1.0, 0.2], dtype=torch.float64
+    )
+    resp = torch.zeros(1, 40, 2, dtype=torch.float64)
+    resp[0, :25, 0], resp[0, 25:, 1] = 1.0, 1.0
+    _, loc, tril = _m_step(x, resp, None, 1e-3, 0.5)
+    for c, rows in enumerate((slice(0, 25), slice(25, 40))):
+        xc = x[0, rows]
+        s = torch.cov(xc.T, correction=0)
+        lam = 0.5 * 3 / (xc.shape[0] + 0.5 * 3)
+        want = (
+            (1 - lam) * s
+            + lam * s.diagonal().mean() * torch.eye(3, dtype=torch.float64)
+            + 1e-3 * torch.eye(3)
+        )
+        got = tril[0, c] @ tril[0, c].T
+        assert torch.allclose(got, want, atol=1e-9), (c, got, want)
+    with pytest.raises(ValueError, match="shrinkage"):
+        GaussianMixtureEstimator(x[0], shrinkage=-1.0)

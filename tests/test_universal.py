@@ -363,7 +363,7 @@ def test_untrained_mixture_model_is_the_bic_mixture():
     y = 3 * torch.randn(20, 3, generator=g, dtype=torch.float64)
     net = _model(noise=0.0, mixture_components=6)
     logf, score = DiScoFormerEstimator(net, x, far_field=False).logdensity_and_score(y)
-    gmm = GaussianMixtureEstimator(x, max_components=6, num_iters=30, tol=-1.0)  # the network's EM
+    gmm = GaussianMixtureEstimator(x, max_components=6, num_iters=30, tol=-1.0, shrinkage=0.0)  # the net
     assert gmm.num_components == 2
     ref_l, ref_s = gmm.logdensity_and_score(y)
     assert _rel(logf, ref_l) <= EXACT and _rel(score, ref_s) <= EXACT
@@ -434,8 +434,19 @@ def test_warm_started_run_starts_from_the_weight_file(tmp_path):
     save_weights(old, path)
     model_cfg = {**SMALL, "mixture_components": 2}
     cfg = TrainConfig(
-        dim=4, arch="universal", steps=1, tokens_per_step=256, n_min=64, n_max=64, num_queries=8,
-        lr=1e-12, warmup=0, eval_every=10, init_from=str(path), init_blend=0.5, model=model_cfg,
+        dim=4,
+        arch="universal",
+        steps=1,
+        tokens_per_step=256,
+        n_min=64,
+        n_max=64,
+        num_queries=8,
+        lr=1e-12,
+        warmup=0,
+        eval_every=10,
+        init_from=str(path),
+        init_blend=0.5,
+        model=model_cfg,
     )
     trained = train(cfg, tmp_path / "run", progress=False).eval()
     start = warm_start_mixture(old, 2, blend=0.5).eval()

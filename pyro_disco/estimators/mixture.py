@@ -52,6 +52,11 @@ class GaussianMixtureEstimator(SampleEstimator):
         num_components: fit exactly this ``k`` instead of choosing by BIC.
         reg_covar: floor added to the diagonal of every covariance, in whitened units (the
             samples' covariance is the identity there).
+        shrinkage: covariance shrinkage ``a`` (see
+            :func:`~pyro_disco.nn.em.fit_gaussian_mixtures`): each component's covariance moves
+            toward its mean variance by :math:`a d / (n_c + a d)`. The default 0.2 was chosen on
+            held-out random mixtures, Laplace and Student-t samples (d = 2 … 16,
+            n = 256 … 4096); 0 is plain EM.
         weights: optional ``(n,)`` non-negative sample weights (importance or SMC output).
         num_iters, tol: EM iterations at most, and the early-stopping tolerance on the mean
             log-likelihood per sample (a negative ``tol`` runs every iteration).
@@ -69,6 +74,7 @@ class GaussianMixtureEstimator(SampleEstimator):
         max_components: int = 10,
         num_components: int | None = None,
         reg_covar: float = 1e-3,
+        shrinkage: float = 0.2,
         weights: Tensor | None = None,
         num_iters: int = 60,
         tol: float = 1e-6,
@@ -80,6 +86,8 @@ class GaussianMixtureEstimator(SampleEstimator):
             )
         if reg_covar <= 0:
             raise ValueError(f"reg_covar must be > 0, got {reg_covar}")
+        if not shrinkage >= 0:
+            raise ValueError(f"shrinkage must be >= 0, got {shrinkage}")
         self.samples, self.dim, self.dtype, self.device = x, x.shape[1], x.dtype, x.device
         self.whitening = fit_whitening(x.detach())
         xw = self.whitening.apply(x.detach()).unsqueeze(0)  # 1 n d, float64
@@ -93,7 +101,13 @@ class GaussianMixtureEstimator(SampleEstimator):
             sample_weights = sample_weights.unsqueeze(0)
         k_max = num_components if num_components is not None else max_components
         fits = fit_gaussian_mixtures(
-            xw, k_max, reg_covar=reg_covar, sample_weights=sample_weights, num_iters=num_iters, tol=tol
+            xw,
+            k_max,
+            reg_covar=reg_covar,
+            shrinkage=shrinkage,
+            sample_weights=sample_weights,
+            num_iters=num_iters,
+            tol=tol,
         )
         if num_components is not None:
             if len(fits) < num_components:

