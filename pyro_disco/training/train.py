@@ -92,7 +92,9 @@ class TrainConfig:
             raise ValueError(f"score_metric must be 'whitened' or 'both', got {self.score_metric!r}")
         if self.score_metric == "both" and self.arch != "universal":
             raise ValueError("score_metric='both' is implemented for arch='universal' only")
-        if self.init_from is not None and (self.arch != "universal" or not self.model.get("mixture_components")):
+        if self.init_from is not None and (
+            self.arch != "universal" or not self.model.get("mixture_components")
+        ):
             raise ValueError("init_from warm-starts a universal network with mixture_components > 0 only")
         if self.arch == "universal" and not 1 <= self.dim_min <= self.dim:
             raise ValueError(f"need 1 <= dim_min <= dim, got dim_min={self.dim_min}, dim={self.dim}")
@@ -122,7 +124,15 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int, got {value!r}")
-        for name in ("off_support_fraction", "alpha", "lr", "weight_decay", "clip", "dim_power", "init_blend"):
+        for name in (
+            "off_support_fraction",
+            "alpha",
+            "lr",
+            "weight_decay",
+            "clip",
+            "dim_power",
+            "init_blend",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -300,7 +310,9 @@ def _warm_start(cfg: TrainConfig) -> UniversalDiScoFormer:
 
     old = load_model(cfg.init_from) if cfg.init_from in available_models() else load_weights(cfg.init_from)
     if old.config.max_dim != cfg.dim:
-        raise ValueError(f"init_from {cfg.init_from!r} covers d <= {old.config.max_dim}, the run d <= {cfg.dim}")
+        raise ValueError(
+            f"init_from {cfg.init_from!r} covers d <= {old.config.max_dim}, the run d <= {cfg.dim}"
+        )
     model = warm_start_mixture(old, cfg.model["mixture_components"], blend=cfg.init_blend)
     if model.config != cfg.model_config():
         raise ValueError(
