@@ -123,3 +123,16 @@ def test_ess_backends_agree_and_errors():
         ess_rhat(torch.randn(2, 3, 1))
     with pytest.raises(ValueError, match="backend"):
         ess_rhat(x, backend="stan")
+
+
+def test_without_arviz_a_clear_error_and_the_pyro_fallback(monkeypatch):
+    """arviz is an extra: without it the conversions name the extra, and ESS/R-hat use Pyro."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "arviz", None)  # import arviz now raises ImportError
+    chains = torch.randn(2, 50, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ImportError, match=r'pip install "pyro-disco\[arviz\]"'):
+        to_inference_data(chains)
+    assert arviz_major_version() is None
+    out = ess_rhat(chains)
+    torch.testing.assert_close(out["ess"], ess_rhat(chains, backend="pyro")["ess"], rtol=0, atol=0)

@@ -4,6 +4,8 @@ Works with arviz 0.23.x (Python 3.11: ``InferenceData``, ``from_dict(posterior=.
 arviz >= 1.0 (Python >= 3.12: ``xarray.DataTree``, ``from_dict({"posterior": ...})``, no
 ``from_pyro``). Sample statistics use arviz's names: ``diverging``, ``acceptance_rate``.
 ESS and split R-hat come from arviz when it is installed, else from :mod:`pyro.ops.stats`.
+arviz is an optional dependency (``pip install "pyro-disco[arviz]"``); without it the conversions
+raise an ``ImportError`` that says so, and :func:`ess_rhat` falls back to Pyro.
 
 Example:
     >>> chains = torch.randn(2, 100, 3)  # chains, draws, d
@@ -28,7 +30,9 @@ def _arviz():
     try:
         return importlib.import_module("arviz")
     except ImportError as exc:
-        raise ImportError("this needs arviz: pip install arviz") from exc
+        raise ImportError(
+            'arviz is an optional dependency of pyro_disco: pip install "pyro-disco[arviz]"'
+        ) from exc
 
 
 def arviz_major_version() -> int | None:
