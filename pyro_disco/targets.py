@@ -31,8 +31,8 @@ class GaussianMixture:
     Example:
         >>> gm = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-2.0], [2.0]]),
         ...                      torch.ones(2, 1, 1))
-        >>> gm.score(torch.zeros(1, 1))
-        tensor([[0.]])
+        >>> gm.score(torch.tensor([[1.0]]))  # pulled towards the component at +2
+        tensor([[0.9281]])
     """
 
     def __init__(self, weights: Tensor, means: Tensor, covariances: Tensor):
