@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from pyro_disco.factory import build_estimator
+from pyro_disco.metrics import logdensity_mse, relative_score_error
 from pyro_disco.targets import GaussianMixture
 
 __all__ = ["bimodal_2d", "compare", "run_demo"]
@@ -43,8 +44,8 @@ def compare(target, samples: torch.Tensor, queries: torch.Tensor, estimators: li
         rows.append(
             {
                 "estimator": f"auto -> {chosen}" if name == "auto" and chosen else name,
-                "rel_score_mse": float((s - true_s).square().sum() / true_s.square().sum()),
-                "logdensity_mse": float((logp - true_logp).square().mean()),
+                "rel_score_mse": float(relative_score_error(s, true_s)),
+                "logdensity_mse": float(logdensity_mse(logp, true_logp)),
                 "seconds": elapsed,
                 "object": est,
             }

@@ -20,6 +20,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from pyro_disco.metrics import relative_score_error
+
 __all__ = [
     "mean",
     "covariance",
@@ -60,11 +62,6 @@ def relative_error(estimate: Tensor, exact: Tensor) -> Tensor:
     diff = torch.linalg.norm(torch.as_tensor(estimate - exact).flatten())
     scale = torch.linalg.norm(torch.as_tensor(exact).flatten())
     return diff / scale if float(scale) > 0 else diff
-
-
-def relative_score_error(score_values: Tensor, exact_score: Tensor) -> Tensor:
-    r"""Relative score MSE :math:`\sum\|\hat s - s\|^2 / \sum\|s\|^2` (DESIGN §4's metric)."""
-    return ((score_values - exact_score) ** 2).sum() / (exact_score**2).sum()
 
 
 def entropy_rate(velocity: Tensor, score_values: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from pyro_disco.metrics import logdensity_mse, relative_score_error
 from pyro_disco.nn.discoformer import DiScoFormer, DiScoFormerConfig
 from pyro_disco.nn.universal import UniversalConfig, UniversalDiScoFormer
 from pyro_disco.training.tasks import MixtureTask, log_uniform_int, sample_task
@@ -287,18 +288,14 @@ def evaluate(model: DiScoFormer, tasks: dict) -> dict[str, float]:
         enc = model.encode(t.context.to(dtype))
         lx, sx = model.at_context(t.context.to(dtype), enc)
         ly, sy = model.query(enc, t.queries.to(dtype))
-        out[f"rel_score_{n}"] = float(
-            (sy.double() - t.query_score).square().sum() / t.query_score.square().sum()
-        )
-        out[f"logdens_{n}"] = float((ly.double() - t.query_logdensity).square().mean())
+        out[f"rel_score_{n}"] = float(relative_score_error(sy.double(), t.query_score))
+        out[f"logdens_{n}"] = float(logdensity_mse(ly.double(), t.query_logdensity))
         s_orig = t.query_score @ t.whitening.transpose(-1, -2)
         out[f"orig_rel_score_{n}"] = float(
             ((sy.double() - t.query_score) @ t.whitening.transpose(-1, -2)).square().sum()
             / s_orig.square().sum()
         )
-        out[f"rel_score_at_samples_{n}"] = float(
-            (sx.double() - t.context_score).square().sum() / t.context_score.square().sum()
-        )
+        out[f"rel_score_at_samples_{n}"] = float(relative_score_error(sx.double(), t.context_score))
     model.train(was_training)
     return out
 
