@@ -17,7 +17,7 @@ if __name__ == "__main__":
         g = torch.Generator().manual_seed(0)
         x = torch.randn(300, d, generator=g, dtype=torch.float64)
         y = torch.randn(16, d, generator=g, dtype=torch.float64)
-        logp, s = DiScoFormerEstimator(load_model(name), x).logdensity_and_score(y)
+        logp, s = DiScoFormerEstimator(load_model(name), x, normalize=False).logdensity_and_score(y)
         (OUT / f"{name}.json").write_text(
             json.dumps(
                 {"seed": 0, "d": d, "n": 300, "m": 16, "logdensity": logp.tolist(), "score": s.tolist()}

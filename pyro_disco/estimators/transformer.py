@@ -66,13 +66,16 @@ class DiScoFormerEstimator(SampleEstimator):
         far_field: blend into the whitened standard normal's log-density and score beyond
             ``TAIL_START`` × the samples' largest whitened radius (``tail_radii``), fully past
             ``TAIL_END`` ×; ``False`` returns the raw network everywhere.
-        normalize: (opt-in; not yet the default because a random importance sample breaks the
-            exact rotation equivariance at the Monte Carlo level) subtract the network's
-            log-normaliser, estimated once by importance sampling
-            (:mod:`pyro_disco.estimators.normalizer`, 4096 draws, fixed seed) on the first
-            log-density request, wherever its effective sample size is at least ``MIN_ESS``;
-            the estimate, its standard error and ESS are in ``normalization``. Scores are
-            unaffected.
+        normalize: subtract the network's log-normaliser (default), estimated once by
+            importance sampling (:mod:`pyro_disco.estimators.normalizer`, 4096 draws, fixed
+            seed) on the first log-density request, wherever its effective sample size is at
+            least ``MIN_ESS``; the estimate, its standard error and ESS are in
+            ``normalization`` (where the ESS is too low — in practice d ≳ 16 — nothing is
+            subtracted, and ``normalization.ess`` says so). Scores are unaffected. The
+            importance sample is random (fixed seed), so a rotated or permuted copy of the
+            samples gets a log-normaliser that differs by Monte Carlo error (about
+            ``normalization.std_error``): the log-density is equivariant up to that constant,
+            the score exactly. ``False`` gives the raw network, exactly equivariant.
 
     The score at the samples themselves is free (the context tokens' own outputs) and is
     returned when ``score`` is called with the very ``samples`` tensor.
@@ -86,7 +89,7 @@ class DiScoFormerEstimator(SampleEstimator):
         block_size: int = 2048,
         query_block: int = 8192,
         far_field: bool = True,
-        normalize: bool = False,
+        normalize: bool = True,
     ):
         x = as_samples(samples)
         model.check_dim(x.shape[1])
