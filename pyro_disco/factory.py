@@ -12,6 +12,7 @@ from pyro_disco._validation import as_samples
 from pyro_disco.estimators.kde import SDKDE, EmpSDKDE, GaussianKDE
 from pyro_disco.estimators.mixture import GaussianMixtureEstimator
 from pyro_disco.estimators.selection import select_estimator
+from pyro_disco.estimators.whitening import fit_whitening
 from pyro_disco.pretrained import auto_dims, available_dims, pretrained_estimator
 
 __all__ = ["build_estimator", "resolve_estimator", "ESTIMATORS"]
@@ -52,6 +53,8 @@ def resolve_estimator(samples: Tensor, estimator="auto", **estimator_kwargs):
     x = as_samples(samples)
     has_model = x.shape[1] in available_dims()
     if estimator == "auto":
+        # the candidates would fail one by one on degenerate folds: give the shared clear error
+        fit_whitening(x.detach())
         builders = {"gmm": GaussianMixtureEstimator, "kde": GaussianKDE}
         if x.shape[1] in auto_dims():
             builders["transformer"] = pretrained_estimator

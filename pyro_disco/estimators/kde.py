@@ -33,17 +33,13 @@ from torch import Tensor
 
 from pyro_disco._validation import DegenerateSamplesError, as_samples
 from pyro_disco.estimators.base import SampleEstimator, ScoreLike, as_score_fn
+from pyro_disco.estimators.whitening import centre, check_not_degenerate
 
 __all__ = ["GaussianKDE", "SDKDE", "EmpSDKDE", "bandwidth_factor"]
 
 # queries x samples per block: 2 MiB of float64 exponents, small enough to stay in cache
 # between the matrix product that writes them, the exp and the product that reads them.
 _BLOCK_ELEMENTS = 1 << 18
-# smallest admissible eigenvalue of the samples' correlation matrix, relative to the largest
-# (the same threshold as the transformer's whitening, so both reject the same sample sets).
-_DEGENERATE = 1e-10
-# a coordinate whose spread is this many ulps of its magnitude or less is constant to round-off
-_CONSTANT_ULPS = 64
 
 
 def bandwidth_factor(rule: str | float, n: int, d: int) -> float:
@@ -65,14 +61,11 @@ def bandwidth_factor(rule: str | float, n: int, d: int) -> float:
 
 def _centre(x: Tensor) -> tuple[Tensor, Tensor]:
     """``(mean, x - mean)`` in float64, accurate at any offset. The mean is kept as two parts,
-    ``mean[0] + mean[1]`` (the first sample, and the mean of the exact differences to it):
-    rounding their sum to one float64 would shift queries against samples by an ulp of the
-    offset (1e-4 at 1e12). Centre queries as ``(y - mean[0]) - mean[1]``."""
-    x = x.double()
-    ref = x[0]
-    dx = x - ref  # n d, exact for samples within a factor 2 of each other
-    mean_dx = dx.mean(0)
-    return torch.stack([ref, mean_dx]), dx - mean_dx
+    ``mean[0] + mean[1]`` (:func:`~pyro_disco.estimators.whitening.centre`): rounding their sum
+    to one float64 would shift queries against samples by an ulp of the offset (1e-4 at 1e12).
+    Centre queries as ``(y - mean[0]) - mean[1]``."""
+    origin, offset, xc = centre(x)
+    return torch.stack([origin, offset]), xc
 
 
 def _sample_covariance(x: Tensor) -> Tensor:
@@ -82,28 +75,9 @@ def _sample_covariance(x: Tensor) -> Tensor:
 
 
 def _check_not_degenerate(x: Tensor, cov: Tensor) -> None:
-    """Raise :class:`DegenerateSamplesError` if the samples' covariance is singular.
-
-    Thresholds are relative to the data: a coordinate is constant when its spread is within
-    a few ulps of its magnitude; the samples lie in a lower-dimensional subspace when the
-    correlation matrix's eigenvalue ratio is below ``1e-10`` (as the transformer's whitening).
-    """
-    std = cov.diagonal().clamp_min(0).sqrt()  # d
-    magnitude = x.detach().double().abs().amax(0)  # d
-    constant = std <= _CONSTANT_ULPS * torch.finfo(x.dtype).eps * magnitude
-    if bool(constant.any()):
-        raise DegenerateSamplesError(
-            "samples are degenerate: coordinate(s) "
-            f"{constant.nonzero().flatten().tolist()} are constant (e.g. all samples identical)"
-        )
-    if cov.shape[0] > 1:
-        corr = cov / (std.unsqueeze(0) * std.unsqueeze(1))
-        evals = torch.linalg.eigvalsh(corr.detach())
-        if not bool(evals[0] > _DEGENERATE * evals[-1]):
-            raise DegenerateSamplesError(
-                "samples are degenerate: they lie in a lower-dimensional affine subspace "
-                f"(smallest/largest correlation eigenvalue {float(evals[0] / evals[-1]):.2e})"
-            )
+    """Raise :class:`DegenerateSamplesError` if the samples' covariance is singular, with the
+    thresholds (relative to the data) and the message of the transformer's whitening."""
+    check_not_degenerate(cov, x.detach().double().abs().amax(0), x.dtype)
 
 
 def _check_block_size(block_size) -> int | None:
@@ -205,9 +179,11 @@ class GaussianKDE(SampleEstimator):
             raise ValueError(f"covariance must be ({d}, {d}), got {tuple(cov.shape)}")
         return cov
 
-    def _kernel_centres(self, x: Tensor, cov: Tensor) -> Tensor:
-        """The kernel centres ``(n, d)`` (the samples themselves; SD-KDE shifts them)."""
-        return x
+    def _kernel_shift(self, x: Tensor, cov: Tensor) -> Tensor | None:
+        """The kernel centres' shift from the samples ``(n, d)`` in float64, or ``None`` (the
+        samples themselves are the centres; SD-KDE shifts them). It is added after centring,
+        so that it is not rounded to the samples' offset."""
+        return None
 
     def _fit(self, x: Tensor) -> _Fit:
         cov = self._kernel_covariance(x)
@@ -221,7 +197,10 @@ class GaussianKDE(SampleEstimator):
             raise ValueError("the kernel covariance must be symmetric positive definite")
         eye = torch.eye(self.dim, dtype=torch.float64, device=x.device)
         linv = torch.linalg.solve_triangular(chol, eye, upper=False)  # L^{-1}
-        mean, centred = _centre(self._kernel_centres(x, cov))
+        mean, centred = _centre(x)
+        shift = self._kernel_shift(x, cov)
+        if shift is not None:
+            centred = centred + shift
         u = centred @ linv.T  # n d
         half_sq = -0.5 * u.square().sum(-1, keepdim=True)  # n 1
         ones = torch.ones_like(half_sq)
@@ -381,7 +360,7 @@ class SDKDE(GaussianKDE):
                 )
         return cov
 
-    def _kernel_centres(self, x: Tensor, cov: Tensor) -> Tensor:
+    def _kernel_shift(self, x: Tensor, cov: Tensor) -> Tensor:
         x = x.detach()
         shift = self._score_fn(x)
         if not isinstance(shift, Tensor) or shift.shape != x.shape:
@@ -389,9 +368,9 @@ class SDKDE(GaussianKDE):
             raise ValueError(f"score at the samples must have shape {tuple(x.shape)}, got {got}")
         if not bool(torch.isfinite(shift).all()):
             raise ValueError("the score at the samples is not finite; SD-KDE cannot shift them")
-        shifted = x.double() + 0.5 * shift.double() @ cov.T
-        self.shifted_samples = shifted.to(x.dtype)  # n d
-        return shifted
+        shift = 0.5 * shift.double() @ cov.T
+        self.shifted_samples = (x.double() + shift).to(x.dtype)  # n d
+        return shift
 
 
 class EmpSDKDE(SDKDE):

@@ -148,10 +148,7 @@ class GaussianMixtureEstimator(SampleEstimator):
         comp = torch.multinomial(fit.log_weights[0].exp(), num_samples, replacement=True, generator=generator)
         eps = torch.randn(num_samples, self.dim, dtype=torch.float64, device=self.device, generator=generator)
         yw = fit.loc[0, comp] + widen * (fit.scale_tril[0, comp] @ eps.unsqueeze(-1)).squeeze(-1)
-        x = torch.linalg.solve(self.whitening.matrix.transpose(-1, -2), yw.transpose(-1, -2)).transpose(
-            -1, -2
-        )
-        return (x + self.whitening.mean).to(self.dtype)
+        return self.whitening.invert(yw).to(self.dtype)
 
     def __repr__(self) -> str:
         return (
