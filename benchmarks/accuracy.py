@@ -28,6 +28,7 @@ from torch.distributions import Independent, Laplace, StudentT
 
 from pyro_disco import SDKDE, EmpSDKDE, ExactDistribution, GaussianKDE, GaussianMixture
 from pyro_disco.estimators.transformer import DiScoFormerEstimator
+from pyro_disco.metrics import logdensity_mse, relative_score_error
 from pyro_disco.training.tasks import random_mixtures
 
 BENCH_SEED = 424242  # training uses seed 0 streams, validation 2**31 - 7 + d
@@ -102,9 +103,9 @@ def mixtures(models, sizes, reps, tta_steps, tta_max_n, num_queries=512):
                     elp, es = est.logdensity_and_score(y)
                     es_at = est.score(x)
                     m = acc.setdefault(name, {"rel": [], "ld": [], "at": []})
-                    m["rel"].append(float((es.detach() - s).square().sum() / s.square().sum()))
-                    m["ld"].append(float((elp.detach() - lp).square().mean()))
-                    m["at"].append(float((es_at.detach() - s_at).square().sum() / s_at.square().sum()))
+                    m["rel"].append(float(relative_score_error(es.detach(), s)))
+                    m["ld"].append(float(logdensity_mse(elp.detach(), lp)))
+                    m["at"].append(float(relative_score_error(es_at.detach(), s_at)))
             for name, m in acc.items():
                 rows.append((d, n, name, _summ(m["rel"], 100), _summ(m["ld"], 1, 3), _summ(m["at"], 100)))
             print(f"  mixtures d={d} n={n} done", flush=True)

@@ -19,12 +19,13 @@ import copy
 import torch
 
 from pyro_disco.estimators.transformer import DiScoFormerEstimator
+from pyro_disco.metrics import relative_error
 from pyro_disco.nn.discoformer import DiScoFormer, DiScoFormerConfig
 from pyro_disco.training.tasks import random_mixtures, random_rotation
 
 
 def _rel(a, b):
-    return float((a - b).norm() / b.norm())
+    return float(relative_error(a, b))
 
 
 def errors(

@@ -51,6 +51,7 @@ from torch.distributions import Independent, Laplace, StudentT
 from pyro_disco import build_estimator
 from pyro_disco.estimators.kde import GaussianKDE
 from pyro_disco.estimators.mixture import GaussianMixtureEstimator
+from pyro_disco.metrics import logdensity_mse, relative_score_error
 from pyro_disco.targets import ExactDistribution, GaussianMixture
 from pyro_disco.training.tasks import random_mixtures
 
@@ -271,10 +272,6 @@ def make_case(family: str, d: int, n: int, r: int, m: int = 512):
 # ---------------------------------------------------------------- runs
 
 
-def rel_mse(s_hat, s):
-    return float(((s_hat - s) ** 2).sum() / (s**2).sum())
-
-
 def synthetic(dims, sizes, reps, families):
     rows = {}  # (family, d, n) -> name -> metric -> list
     choices = {}
@@ -297,7 +294,7 @@ def synthetic(dims, sizes, reps, families):
                             ly = tr.logdensity(y) - nz[0]
                         cell = rows[key].setdefault("transformer (IS-norm.)", {})
                         cell.setdefault("ll", []).append(float(ly.mean()))
-                        cell.setdefault("ldmse", []).append(float(((ly - l_y) ** 2).mean()))
+                        cell.setdefault("ldmse", []).append(float(logdensity_mse(ly, l_y)))
                         cell.setdefault("logz", []).append(nz[0])
                         cell.setdefault("ess", []).append(nz[2])
                     for name, built in all_built.items():
@@ -311,9 +308,9 @@ def synthetic(dims, sizes, reps, families):
                             sy = est.score(y)
                             sx = est.score(x)
                         for k, v in (
-                            ("fresh", rel_mse(sy, s_y)),
-                            ("samples", rel_mse(sx, s_x)),
-                            ("ldmse", float(((ly - l_y) ** 2).mean())),
+                            ("fresh", float(relative_score_error(sy, s_y))),
+                            ("samples", float(relative_score_error(sx, s_x))),
+                            ("ldmse", float(logdensity_mse(ly, l_y))),
                             ("ll", float(ly.mean())),
                             ("sec", secs),
                         ):

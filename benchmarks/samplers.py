@@ -23,6 +23,7 @@ from pyro_disco import GaussianKDE, GaussianMixture
 from pyro_disco.infer.langevin import run as langevin_run
 from pyro_disco.infer.particles import flow_run
 from pyro_disco.infer.svgd import svgd_run
+from pyro_disco.metrics import relative_error
 
 F64 = torch.float64
 
@@ -79,7 +80,7 @@ def main(argv=None) -> None:
 
     def report(name: str, score_name: str, x: torch.Tensor, seconds: float) -> None:
         merr = float((x.mean(0) - mean).norm())
-        cerr = float((torch.cov(x.T) - cov).norm() / cov.norm())
+        cerr = float(relative_error(torch.cov(x.T), cov))
         k = f"{float(ksd(x[:1000], target.score, statistic='u')):10.2e}" if ksd else "       n/a"
         print(f"{name:<22} {score_name:<14} {x.shape[0]:>6} {merr:>9.4f} {cerr:>9.4f} {k} {seconds:>7.1f}")
 

@@ -2,7 +2,7 @@
 per-dimension models, over d in {1, 2, 3, 5, 7, 10, 16, 32} and n in {256, 1024, 4096}.
 
     python benchmarks/universal.py                       # shipped weights -> benchmarks/results/universal.md
-    python benchmarks/universal.py --checkpoint training_runs/universal/checkpoint.pt --reps 3
+    python benchmarks/universal.py --checkpoint training_runs/universal-mix/checkpoint.pt --reps 3
 
 Held-out random Gaussian mixtures drawn exactly as in ``benchmarks/accuracy.py`` (same seeds,
 so the per-dimension rows match that table): relative score MSE sum||s_hat - s||^2 / sum||s||^2
@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 
+# the same cases and report format as accuracy.py (run as a script, its folder is on sys.path)
+from accuracy import _summ, mixture_case, write_report
+
 from pyro_disco import GaussianKDE
 from pyro_disco.estimators.transformer import DiScoFormerEstimator
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import _summ, mixture_case, write_report  # noqa: E402  (same cases and format as accuracy.py)
+from pyro_disco.metrics import logdensity_mse, relative_score_error
 
 DIMS = [1, 2, 3, 5, 7, 10, 16, 32]
 
@@ -64,8 +65,8 @@ def run(universal, per_dim, dims, sizes, reps, num_queries=512):
                 for name, est in ests.items():
                     elp, es = est.logdensity_and_score(y)
                     m = acc.setdefault((d, n, name), {"rel": [], "ld": []})
-                    m["rel"].append(float((es.detach() - s).square().sum() / s.square().sum()))
-                    m["ld"].append(float((elp.detach() - lp).square().mean()))
+                    m["rel"].append(float(relative_score_error(es.detach(), s)))
+                    m["ld"].append(float(logdensity_mse(elp.detach(), lp)))
             print(f"  d={d} n={n} done", flush=True)
     return acc
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from pyro_disco.metrics import relative_score_error
+from pyro_disco.metrics import relative_error, relative_score_error
 
 __all__ = [
     "mean",
@@ -55,13 +55,6 @@ def kinetic_energy(x: Tensor) -> Tensor:
 def fourth_moment(x: Tensor) -> Tensor:
     r""":math:`\frac1n\sum_p |x_p|^4`."""
     return ((x * x).sum(-1) ** 2).mean()
-
-
-def relative_error(estimate: Tensor, exact: Tensor) -> Tensor:
-    r""":math:`\|\hat a - a\|_F / \|a\|_F` (absolute when :math:`a = 0`)."""
-    diff = torch.linalg.norm(torch.as_tensor(estimate - exact).flatten())
-    scale = torch.linalg.norm(torch.as_tensor(exact).flatten())
-    return diff / scale if float(scale) > 0 else diff
 
 
 def entropy_rate(velocity: Tensor, score_values: Tensor) -> Tensor:
