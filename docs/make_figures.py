@@ -103,10 +103,10 @@ def make_figures(out: Path, *, smoke: bool = False, only: list[str] | None = Non
     unknown = wanted - set(FIGURES)
     if unknown:
         raise ValueError(f"unknown figure(s) {sorted(unknown)}; choose from {list(FIGURES)}")
+    out = Path(out).resolve()  # the notebook kernels run in another working directory
     out.mkdir(parents=True, exist_ok=True)
-    scratch = Path(
-        tempfile.mkdtemp(prefix=".make-figures-", dir=out)
-    )  # same file system: os.replace is atomic
+    # scratch inside out: same file system, so os.replace is atomic
+    scratch = Path(tempfile.mkdtemp(prefix=".make-figures-", dir=out))
     timings: dict[str, float] = {}
     start = time.perf_counter()
     try:

@@ -30,7 +30,7 @@ def test_smoke_run_writes_valid_pngs(tmp_path):
     # one figure from the demo and one from a notebook: both kinds of source, ~10 s on 2 cores
     wanted = ["demo.png", "landau_relaxation.png"]
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path), "--only", *wanted],
+        [sys.executable, str(SCRIPT), "--smoke", "--out", "figs", "--only", *wanted],
         capture_output=True,
         text=True,
         timeout=300,
@@ -38,10 +38,11 @@ def test_smoke_run_writes_valid_pngs(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "smoke mode" in proc.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == wanted  # no scratch folder left behind
+    out = tmp_path / "figs"  # relative --out: the notebooks' kernels run elsewhere
+    assert sorted(p.name for p in out.iterdir()) == wanted  # no scratch folder left behind
     mf = _load()
     for name in wanted:
-        assert mf.is_png(tmp_path / name) and (tmp_path / name).stat().st_size > 10_000
+        assert mf.is_png(out / name) and (out / name).stat().st_size > 10_000
 
 
 def test_a_failed_source_replaces_nothing(tmp_path, monkeypatch):
