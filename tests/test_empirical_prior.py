@@ -12,12 +12,10 @@ from pyro.ops.stats import effective_sample_size
 from pyro_disco import GaussianMixture
 from pyro_disco.distributions import LearnedScore
 
+from helpers import gen
+
 F64 = torch.float64
 K = 4.0  # tolerance in Monte Carlo standard errors (ESS-based): a 1-in-16000 false alarm per check
-
-
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
 
 
 def _nuts(model, seed, warmup=200, samples=300):
@@ -72,10 +70,10 @@ def _kde_prior_posterior(kde, y):
 
 def test_empirical_prior_matches_the_conjugate_posterior():
     chol_r = torch.linalg.cholesky(R)
-    y1 = THETA + torch.randn(8, 2, generator=_gen(0), dtype=F64) @ chol_r.T
-    y2 = THETA + torch.randn(8, 2, generator=_gen(1), dtype=F64) @ chol_r.T
+    y1 = THETA + torch.randn(8, 2, generator=gen(0), dtype=F64) @ chol_r.T
+    y2 = THETA + torch.randn(8, 2, generator=gen(1), dtype=F64) @ chol_r.T
     m1, s1 = _gaussian_update(torch.zeros(2, dtype=F64), 4.0 * torch.eye(2, dtype=F64), y1)
-    draws1 = m1 + torch.randn(2000, 2, generator=_gen(2), dtype=F64) @ torch.linalg.cholesky(s1).T
+    draws1 = m1 + torch.randn(2000, 2, generator=gen(2), dtype=F64) @ torch.linalg.cholesky(s1).T
     prior = LearnedScore(draws1, estimator="kde")  # yesterday's posterior draws
 
     def model():
@@ -115,7 +113,7 @@ def _quadrature(logprior_fn):
 
 
 def test_empirical_mixture_prior_matches_quadrature():
-    samples = PRIOR_MIX.sample(2000, generator=_gen(4))
+    samples = PRIOR_MIX.sample(2000, generator=gen(4))
     prior = LearnedScore(samples, estimator="kde")
 
     def model():

@@ -26,16 +26,14 @@ from pyro_disco.fisher import (
     relative_fisher_information,
 )
 
+from helpers import gen
+
 NUM_SE = 4.0  # tolerance in Monte Carlo standard errors (false-failure rate ~6e-5 per check)
 EXACT = dict(rtol=1e-12, atol=1e-12)  # float64 identities that involve only a few sums
 
 
 def _t(v):
     return torch.tensor(v, dtype=torch.float64)
-
-
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
 
 
 def _assert_within_se(result: Estimate, truth, num_se=NUM_SE):
@@ -72,14 +70,14 @@ class MultivariateT:
 
 
 def _gaussian(d, seed):
-    a = torch.randn(d, d, generator=_gen(seed), dtype=torch.float64)
+    a = torch.randn(d, d, generator=gen(seed), dtype=torch.float64)
     cov = a @ a.T / d + 0.5 * torch.eye(d, dtype=torch.float64)
-    mean = torch.randn(d, generator=_gen(seed + 1), dtype=torch.float64)
+    mean = torch.randn(d, generator=gen(seed + 1), dtype=torch.float64)
     return mean, cov
 
 
 def _gaussian_samples(mean, cov, n, seed):
-    z = torch.randn(n, mean.shape[0], generator=_gen(seed), dtype=torch.float64)
+    z = torch.randn(n, mean.shape[0], generator=gen(seed), dtype=torch.float64)
     return mean + z @ torch.linalg.cholesky(cov).T
 
 
@@ -108,16 +106,16 @@ def test_multivariate_t_fisher_information():
     nu, sigma, d = 5.0, 1.5, 3
     t = MultivariateT(nu, sigma, d)
     # The helper's score is the gradient of its log-density (guards the reference itself).
-    x = t.sample(64, _gen(4)).requires_grad_(True)
+    x = t.sample(64, gen(4)).requires_grad_(True)
     (grad,) = torch.autograd.grad(t.logdensity(x).sum(), x)
     torch.testing.assert_close(t.score(x.detach()), grad, rtol=1e-12, atol=1e-12)
-    result = fisher_information(t.sample(4000, _gen(5)), t)
+    result = fisher_information(t.sample(4000, gen(5)), t)
     _assert_within_se(result, d * (nu + d) / ((nu + d + 2) * sigma**2))
 
 
 def test_laplace_fisher_information_is_inverse_square_scale():
     b = 0.7
-    u = torch.rand(500, 1, generator=_gen(6), dtype=torch.float64) - 0.5
+    u = torch.rand(500, 1, generator=gen(6), dtype=torch.float64) - 0.5
     x = -b * u.sign() * torch.log1p(-2 * u.abs())
     lap = ExactDistribution(Laplace(_t(0.0), _t(b)))
     result = fisher_information(x, lap)
@@ -131,7 +129,7 @@ def test_logistic_fisher_information():
     base = Uniform(_t(0.0), _t(1.0))
     transforms = [SigmoidTransform().inv, AffineTransform(0.0, s)]
     logistic = ExactDistribution(TransformedDistribution(base, transforms))
-    u = torch.rand(4000, 1, generator=_gen(7), dtype=torch.float64)
+    u = torch.rand(4000, 1, generator=gen(7), dtype=torch.float64)
     x = s * torch.log(u / (1 - u))
     _assert_within_se(fisher_information(x, logistic), 1 / (3 * s**2))
 
@@ -163,7 +161,7 @@ def test_gaussian_entropy():
 
 
 def test_factory_and_built_estimator_agree():
-    x = torch.randn(300, 2, generator=_gen(12), dtype=torch.float64)
+    x = torch.randn(300, 2, generator=gen(12), dtype=torch.float64)
     for fn in (fisher_information, fisher_matrix, entropy):
         a, b = fn(x, GaussianKDE), fn(x, GaussianKDE(x))
         torch.testing.assert_close(a.estimate, b.estimate, **EXACT)
@@ -171,7 +169,7 @@ def test_factory_and_built_estimator_agree():
 
 
 def test_cross_fit_evaluates_each_half_with_the_other_halfs_estimator():
-    x = torch.randn(301, 2, generator=_gen(13), dtype=torch.float64)
+    x = torch.randn(301, 2, generator=gen(13), dtype=torch.float64)
     first, second = x[:150], x[150:]
     s = torch.cat([GaussianKDE(second).score(first), GaussianKDE(first).score(second)])
     expected = (s * s).sum(-1)
@@ -181,8 +179,8 @@ def test_cross_fit_evaluates_each_half_with_the_other_halfs_estimator():
 
 
 def test_relative_fisher_uses_q_estimator_built_on_q_samples():
-    xp = torch.randn(200, 2, generator=_gen(14), dtype=torch.float64)
-    xq = torch.randn(250, 2, generator=_gen(15), dtype=torch.float64) + 1.0
+    xp = torch.randn(200, 2, generator=gen(14), dtype=torch.float64)
+    xq = torch.randn(250, 2, generator=gen(15), dtype=torch.float64) + 1.0
     diff = GaussianKDE(xp).score(xp) - GaussianKDE(xq).score(xp)
     result = relative_fisher_information(xp, xq, GaussianKDE)
     torch.testing.assert_close(result.estimate, (diff * diff).sum(-1).mean(), **EXACT)
@@ -191,7 +189,7 @@ def test_relative_fisher_uses_q_estimator_built_on_q_samples():
 def test_kde_plug_in_with_cross_fit_is_close_in_one_dimension():
     # 1-D N(0, 1), n = 4000: the cross-fit Scott-KDE plug-ins have a smoothing bias of order
     # h^2 ~ n^{-2/5} ~ 0.04; 0.1 leaves room for that bias plus ~3 Monte Carlo standard errors.
-    x = torch.randn(4000, 1, generator=_gen(16), dtype=torch.float64)
+    x = torch.randn(4000, 1, generator=gen(16), dtype=torch.float64)
     j = fisher_information(x, GaussianKDE, cross_fit=True)
     h = entropy(x, GaussianKDE, cross_fit=True)
     assert abs(float(j.estimate) - 1.0) < 0.1
@@ -202,7 +200,7 @@ def test_kde_plug_in_with_cross_fit_is_close_in_one_dimension():
 
 
 def test_shapes_dtypes_and_no_mutation():
-    x = torch.randn(100, 3, generator=_gen(17))  # float32
+    x = torch.randn(100, 3, generator=gen(17))  # float32
     before = x.clone()
     for fn in (fisher_information, entropy):
         r = fn(x, GaussianKDE)
@@ -213,7 +211,7 @@ def test_shapes_dtypes_and_no_mutation():
 
 
 def test_bad_inputs_raise_clear_errors():
-    x = torch.randn(50, 2, generator=_gen(18), dtype=torch.float64)
+    x = torch.randn(50, 2, generator=gen(18), dtype=torch.float64)
     exact_1d = ExactDistribution(Laplace(_t(0.0), _t(1.0)))
     with pytest.raises(ValueError, match="dimension"):
         fisher_information(x, exact_1d)

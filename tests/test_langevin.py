@@ -14,10 +14,9 @@ from pyro_disco import GaussianKDE, GaussianMixture
 from pyro_disco.infer.langevin import init, mala_step, run, step_size_init, step_size_update
 from pyro_disco.infer.mcmc import MALA, ULA
 
+from helpers import COV_2D, GAUSSIAN_2D, MEAN_2D, check_moments, gen
+
 F64 = torch.float64
-MEAN = torch.tensor([1.0, -1.0], dtype=F64)
-COV = torch.tensor([[1.0, 0.5], [0.5, 2.0]], dtype=F64)
-TARGET = GaussianMixture(torch.ones(1, dtype=F64), MEAN[None], COV[None])
 # 1-D two-component mixture: weights 0.3 / 0.7, modes close enough for chains to cross.
 MIX = GaussianMixture(
     torch.tensor([0.3, 0.7], dtype=F64),
@@ -28,19 +27,6 @@ MIX = GaussianMixture(
 
 def _normal_cdf(z):
     return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
-
-
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
-def _check_moments(x, mean, cov, k=4.0):
-    """Mean and covariance of iid draws ``x`` (n, d) within ``k`` Monte Carlo standard errors."""
-    n = x.shape[0]
-    se_mean = (cov.diagonal() / n).sqrt()
-    assert ((x.mean(0) - mean).abs() < k * se_mean).all(), (x.mean(0), mean)
-    se_cov = ((cov.diagonal()[:, None] * cov.diagonal()[None, :] + cov**2) / n).sqrt()
-    assert ((torch.cov(x.T) - cov).abs() < k * se_cov).all(), (torch.cov(x.T), cov)
 
 
 def _kde_moments(kde):
@@ -55,21 +41,21 @@ def _kde_moments(kde):
 def test_run_shapes_no_mutation_and_reproducible():
     x0 = torch.zeros(5, 2, dtype=F64)
     before = x0.clone()
-    a = run(x0, TARGET, 0.2, 7, method="mala", num_warmup=3, generator=_gen(0))
-    b = run(x0, TARGET, 0.2, 7, method="mala", num_warmup=3, generator=_gen(0))
+    a = run(x0, GAUSSIAN_2D, 0.2, 7, method="mala", num_warmup=3, generator=gen(0))
+    b = run(x0, GAUSSIAN_2D, 0.2, 7, method="mala", num_warmup=3, generator=gen(0))
     assert a.samples.shape == (5, 7, 2) and a.info.acceptance_prob.shape == (5, 7)
     assert a.info.is_divergent.dtype == torch.bool
     assert torch.equal(a.samples, b.samples) and torch.equal(x0, before)
-    u = run(x0, TARGET.score, 0.1, 4, method="ula", generator=_gen(0))
+    u = run(x0, GAUSSIAN_2D.score, 0.1, 4, method="ula", generator=gen(0))
     assert u.samples.shape == (5, 4, 2) and bool(u.info.is_accepted.all())
 
 
 def test_errors():
     x0 = torch.zeros(3, 2, dtype=F64)
     with pytest.raises(ValueError, match="method"):
-        run(x0, TARGET, 0.1, 5, method="hmc")
+        run(x0, GAUSSIAN_2D, 0.1, 5, method="hmc")
     with pytest.raises(ValueError, match="log-density"):
-        run(x0, TARGET.score, 0.1, 5, method="mala")
+        run(x0, GAUSSIAN_2D.score, 0.1, 5, method="mala")
     with pytest.raises(ValueError, match="positive"):
         step_size_init(0.0)
 
@@ -78,43 +64,49 @@ def test_divergent_proposal_is_rejected_and_flagged():
     def blowup(x):
         return torch.full_like(x, float("inf"))
 
-    state = init(torch.zeros(2, 2, dtype=F64), None, logdensity_and_score_fn=TARGET.logdensity_and_score)
+    state = init(torch.zeros(2, 2, dtype=F64), None, logdensity_and_score_fn=GAUSSIAN_2D.logdensity_and_score)
     state = state._replace(score=blowup(state.position))
-    new, info = mala_step(state, TARGET.logdensity_and_score, 0.1, generator=_gen(0))
+    new, info = mala_step(state, GAUSSIAN_2D.logdensity_and_score, 0.1, generator=gen(0))
     assert bool(info.is_divergent.all()) and not bool(info.is_accepted.any())
     assert torch.equal(new.position, state.position)
 
 
 def test_mala_leaves_the_target_invariant():
     # MALA on the exact target leaves it invariant: start at exact draws, take 30 steps,
-    # 4000 independent chains are still iid N(MEAN, COV) within 4 MC standard errors.
+    # 4000 independent chains are still iid N(MEAN_2D, COV_2D) within 4 MC standard errors.
     x0 = _exact_draws(4000, 1)
-    out = run(x0, TARGET, 0.8, 30, method="mala", generator=_gen(2))
-    _check_moments(out.samples[:, -1], MEAN, COV)
+    out = run(x0, GAUSSIAN_2D, 0.8, 30, method="mala", generator=gen(2))
+    check_moments(out.samples[:, -1], MEAN_2D, COV_2D)
 
 
 def _exact_draws(n, seed):
-    chol = torch.linalg.cholesky(COV)
-    return MEAN + torch.randn(n, 2, generator=_gen(seed), dtype=F64) @ chol.T
+    chol = torch.linalg.cholesky(COV_2D)
+    return MEAN_2D + torch.randn(n, 2, generator=gen(seed), dtype=F64) @ chol.T
 
 
 def test_ula_stationary_covariance_is_the_exact_biased_one():
     # ULA on N(m, S) is a linear AR(1) chain whose stationary law is N(m, S (I - h S^{-1}/2)^{-1}):
     # an exact reference that differs from S by 11-25 % at h = 0.4, so the bias is really detected.
     h = 0.4
-    exact = COV @ torch.linalg.inv(torch.eye(2, dtype=F64) - 0.5 * h * torch.linalg.inv(COV))
-    out = run(_exact_draws(4000, 3), TARGET.score, h, 60, method="ula", generator=_gen(4))
-    _check_moments(out.samples[:, -1], MEAN, exact)
+    exact = COV_2D @ torch.linalg.inv(torch.eye(2, dtype=F64) - 0.5 * h * torch.linalg.inv(COV_2D))
+    out = run(_exact_draws(4000, 3), GAUSSIAN_2D.score, h, 60, method="ula", generator=gen(4))
+    check_moments(out.samples[:, -1], MEAN_2D, exact)
 
 
 def test_mala_adapts_to_target_acceptance_and_recovers_moments():
     out = run(
-        torch.zeros(2000, 2, dtype=F64), TARGET, 0.05, 40, method="mala", num_warmup=150, generator=_gen(5)
+        torch.zeros(2000, 2, dtype=F64),
+        GAUSSIAN_2D,
+        0.05,
+        40,
+        method="mala",
+        num_warmup=150,
+        generator=gen(5),
     )
     # the chain-averaged acceptance of the kept draws lands near 0.574 (dual averaging converges to
     # the target up to O(1/sqrt(warmup)) noise; 0.07 is about 3 times the spread seen over seeds)
     assert abs(float(out.info.acceptance_prob.mean()) - 0.574) < 0.07
-    _check_moments(out.samples[:, -1], MEAN, COV)
+    check_moments(out.samples[:, -1], MEAN_2D, COV_2D)
 
 
 def test_step_size_update_moves_toward_target():
@@ -156,13 +148,13 @@ def test_kde_score_recovers_the_kde_moments(method):
         1,
         method=method,
         num_warmup=50,
-        generator=_gen(8),
+        generator=gen(8),
     )
-    _check_moments(out.samples[:, -1], mean, cov)
+    check_moments(out.samples[:, -1], mean, cov)
     # and, looser, the true target: the KDE inflates the covariance by the factor (1 + n^{-1/3})
     # = 1.13 (Scott, d = 2, n = 500) and its sample mean is off by one sampling error of 500 draws
     # (1000 chains): 6 instead of 4 standard errors.
-    _check_moments(out.samples[:, -1], MEAN, COV * (1 + 500 ** (-1 / 3)), k=6.0)
+    check_moments(out.samples[:, -1], MEAN_2D, COV_2D * (1 + 500 ** (-1 / 3)), k=6.0)
 
 
 @pytest.mark.parametrize(
@@ -175,13 +167,13 @@ def test_mixture_weight_is_recovered(method, score):
         target = MIX
         mass = sum(w * _normal_cdf(m / math.sqrt(0.5)) for w, m in ((0.3, -1.2), (0.7, 1.2)))
     else:
-        target = GaussianKDE(MIX.sample(400, generator=_gen(9)))
+        target = GaussianKDE(MIX.sample(400, generator=gen(9)))
         sd = float(target.covariance.sqrt())
         mass = float(sum(_normal_cdf(float(x) / sd) for x in target.samples.squeeze(-1)) / 400)
     n = 1500
-    x0 = 2.0 * torch.randn(n, 1, generator=_gen(10), dtype=F64)
+    x0 = 2.0 * torch.randn(n, 1, generator=gen(10), dtype=F64)
     out = run(
-        x0, target, 0.05 if method == "ula" else 0.4, 1, method=method, num_warmup=200, generator=_gen(11)
+        x0, target, 0.05 if method == "ula" else 0.4, 1, method=method, num_warmup=200, generator=gen(11)
     )
     frac = float((out.samples[:, -1, 0] > 0).double().mean())
     assert abs(frac - mass) < 4 * math.sqrt(mass * (1 - mass) / n)
@@ -191,11 +183,11 @@ def test_mixture_weight_is_recovered(method, score):
 
 
 def gaussian_model():
-    pyro.sample("z", dist.MultivariateNormal(MEAN.float(), COV.float()))
+    pyro.sample("z", dist.MultivariateNormal(MEAN_2D.float(), COV_2D.float()))
 
 
 def gaussian_potential(params):
-    return -TARGET.logdensity(params["x"].to(F64))
+    return -GAUSSIAN_2D.logdensity(params["x"].to(F64))
 
 
 def _ess_se(samples):
@@ -211,7 +203,7 @@ def test_mala_kernel_with_a_model():
     mcmc.run()
     z = mcmc.get_samples()["z"].double()
     assert z.shape == (600, 2)
-    assert ((z.mean(0) - MEAN).abs() < 4 * _ess_se(z)).all()  # 4 MC SE with the chain's ESS
+    assert ((z.mean(0) - MEAN_2D).abs() < 4 * _ess_se(z)).all()  # 4 MC SE with the chain's ESS
     diag = mcmc.diagnostics()
     assert set(diag) >= {"divergences", "acceptance rate", "z"} and set(diag["z"]) >= {"n_eff", "r_hat"}
     assert 0.35 < diag["acceptance rate"]["chain 0"] < 0.8  # adapted toward 0.574
@@ -237,16 +229,16 @@ def test_mala_kernel_with_a_bare_score_and_estimator():
     pyro.set_rng_seed(2)
     x0 = {"x": torch.zeros(2, dtype=F64)}
     mcmc = MCMC(
-        MALA(score_fn=TARGET.score, logdensity_fn=TARGET.logdensity, initial_params=x0),
+        MALA(score_fn=GAUSSIAN_2D.score, logdensity_fn=GAUSSIAN_2D.logdensity, initial_params=x0),
         num_samples=500,
         warmup_steps=200,
         disable_progbar=True,
     )
     mcmc.run()
     x = mcmc.get_samples()["x"]
-    assert ((x.mean(0) - MEAN).abs() < 4 * _ess_se(x)).all()
+    assert ((x.mean(0) - MEAN_2D).abs() < 4 * _ess_se(x)).all()
     mcmc2 = MCMC(
-        MALA(score_fn=TARGET, site="theta"),
+        MALA(score_fn=GAUSSIAN_2D, site="theta"),
         num_samples=5,
         warmup_steps=5,
         disable_progbar=True,
@@ -262,11 +254,11 @@ def test_kernel_argument_errors():
     with pytest.raises(ValueError, match="exactly one"):
         ULA(gaussian_model, potential_fn=gaussian_potential)
     with pytest.raises(ValueError, match="logdensity_fn"):
-        MALA(score_fn=TARGET.score)
+        MALA(score_fn=GAUSSIAN_2D.score)
     with pytest.raises(ValueError, match="step_size"):
         ULA(gaussian_model, step_size=-1.0)
     with pytest.raises(ValueError, match="initial_params"):
-        MCMC(ULA(score_fn=TARGET.score), num_samples=2, warmup_steps=0, disable_progbar=True).run()
+        MCMC(ULA(score_fn=GAUSSIAN_2D.score), num_samples=2, warmup_steps=0, disable_progbar=True).run()
 
 
 def test_kernel_divergences_are_reported():

@@ -15,17 +15,15 @@ from torch.testing import assert_close
 from pyro_disco.distributions import LearnedScore, posterior_prior
 from pyro_disco.estimators.weighted import WeightedGaussianKDE, resample
 
+from helpers import gen
+
 F64 = torch.float64
 EXACT = dict(rtol=1e-10, atol=1e-12)  # the same float64 quantity by two routes
 K = 4.0  # Monte Carlo tolerance in standard errors
 
 
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
 def test_vector_input_means_d_equals_one():
-    x = torch.randn(300, generator=_gen(0), dtype=F64)
+    x = torch.randn(300, generator=gen(0), dtype=F64)
     q = torch.linspace(-2, 2, 7, dtype=F64)[:, None]
     a, b = LearnedScore(x, estimator="kde"), LearnedScore(x[:, None], estimator="kde")
     assert a.event_shape == (1,)
@@ -34,10 +32,10 @@ def test_vector_input_means_d_equals_one():
 
 @pytest.mark.parametrize("name", ["kde", "transformer"])
 def test_per_group_draws_give_a_batch_shape(name):
-    x = torch.randn(3, 400, 2, generator=_gen(1), dtype=F64) + torch.arange(3.0, dtype=F64)[:, None, None]
+    x = torch.randn(3, 400, 2, generator=gen(1), dtype=F64) + torch.arange(3.0, dtype=F64)[:, None, None]
     ls = LearnedScore(x, estimator=name)
     assert ls.batch_shape == (3,) and ls.event_shape == (2,)
-    q = torch.randn(5, 3, 2, generator=_gen(2), dtype=F64)
+    q = torch.randn(5, 3, 2, generator=gen(2), dtype=F64)
     lp, s = ls.log_prob(q), ls.score(q)
     assert lp.shape == (5, 3) and s.shape == (5, 3, 2)
     for g in range(3):  # group g is exactly the single-group distribution of x[g]
@@ -60,7 +58,7 @@ def test_per_group_draws_give_a_batch_shape(name):
 
 
 def test_weighted_kde_is_scipys_and_integer_weights_are_repeats():
-    g = _gen(3)
+    g = gen(3)
     x = torch.randn(200, 2, generator=g, dtype=F64)
     w = torch.rand(200, generator=g, dtype=F64)
     q = torch.randn(6, 2, generator=g, dtype=F64)
@@ -85,11 +83,11 @@ def test_weighted_kde_is_scipys_and_integer_weights_are_repeats():
 
 
 def test_weighted_transformer_resamples_with_the_generator():
-    g = _gen(4)
+    g = gen(4)
     x = torch.randn(300, 2, generator=g, dtype=F64)
     w = torch.rand(300, generator=g, dtype=F64)
-    ls = LearnedScore(x, estimator="transformer", weights=w, generator=_gen(5))
-    ref = LearnedScore(resample(x, w, generator=_gen(5)), estimator="transformer")
+    ls = LearnedScore(x, estimator="transformer", weights=w, generator=gen(5))
+    ref = LearnedScore(resample(x, w, generator=gen(5)), estimator="transformer")
     q = torch.randn(4, 2, generator=g, dtype=F64)
     assert_close(ls.log_prob(q), ref.log_prob(q), **EXACT)
     with pytest.raises(ValueError, match="weights= works with"):
@@ -108,7 +106,7 @@ def _three_site_model():
 
 
 def test_site_map_round_trip_and_change_of_variables():
-    g = _gen(6)
+    g = gen(6)
     n = 400
     draws = {
         "loc": torch.randn(n, 2, generator=g, dtype=F64),

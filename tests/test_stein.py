@@ -14,14 +14,12 @@ from pyro_disco import ExactDistribution, GaussianKDE, GaussianMixture
 from pyro_disco.kernels import IMQ, RBF
 from pyro_disco.stein import KSDTestResult, ksd, ksd_test, stein_kernel, stein_kernel_matrix
 
+from helpers import gen
+
 NUM_SE = 4.0  # two-sided 4-sigma miss has probability ~6e-5
 LEVEL_BAND_SD = 3.0  # a binomial count outside mean +- 3 sd has probability < 0.3 %
 ALPHA = 0.05
 EXACT = dict(rtol=1e-10, atol=1e-12)  # float64, same sums in a different order
-
-
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
 
 
 def _mixture_2d():
@@ -42,8 +40,8 @@ def _normal_score(shift=0.0, scale=1.0):
 @pytest.mark.parametrize("kernel", [RBF(), IMQ(), IMQ(c=0.5, beta=-0.3)], ids=["rbf", "imq", "imq-c0.5"])
 def test_stein_kernel_matches_autograd_definition(kernel):
     gm = _mixture_2d()
-    x = gm.sample(5, generator=_gen(0))
-    y = gm.sample(4, generator=_gen(1))
+    x = gm.sample(5, generator=gen(0))
+    y = gm.sample(4, generator=gen(1))
     h = torch.tensor(0.8, dtype=torch.float64)
     sx, sy = gm.score(x), gm.score(y)
     expected = torch.empty(5, 4, dtype=torch.float64)
@@ -76,7 +74,7 @@ def _field(x):
 
 def test_stein_identity_holds_for_exact_scores_and_fails_for_a_wrong_one():
     gm = _mixture_2d()
-    x = gm.sample(20000, generator=_gen(2))
+    x = gm.sample(20000, generator=gen(2))
     terms = _stein_identity_terms(x, gm.score, _field)
     assert abs(float(terms.mean())) <= NUM_SE * float(terms.std()) / math.sqrt(len(terms))
     # Power: a score 30 % too large must break the identity (guards the check itself).
@@ -87,7 +85,7 @@ def test_stein_identity_holds_for_exact_scores_and_fails_for_a_wrong_one():
 def test_stein_identity_for_a_laplace_exact_distribution():
     loc, scale = torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64)
     lap = ExactDistribution(Laplace(loc, scale))
-    u = torch.rand(20000, 1, generator=_gen(3), dtype=torch.float64) - 0.5
+    u = torch.rand(20000, 1, generator=gen(3), dtype=torch.float64) - 0.5
     x = 0.5 - 0.7 * u.sign() * torch.log1p(-2 * u.abs())
     terms = _stein_identity_terms(x, lap.score, lambda z: torch.sin(z) + z / (1 + z**2))
     assert abs(float(terms.mean())) <= NUM_SE * float(terms.std()) / math.sqrt(len(terms))
@@ -96,13 +94,13 @@ def test_stein_identity_for_a_laplace_exact_distribution():
 def test_u_statistic_is_centred_under_the_null():
     # E[KSD^2_U] = 0 when p = q exactly; average R independent replicates.
     gm = _mixture_2d()
-    values = torch.stack([ksd(gm.sample(100, generator=_gen(100 + r)), gm) for r in range(40)])
+    values = torch.stack([ksd(gm.sample(100, generator=gen(100 + r)), gm) for r in range(40)])
     assert abs(float(values.mean())) <= NUM_SE * float(values.std()) / math.sqrt(len(values))
 
 
 def test_v_statistic_is_nonnegative_and_stein_matrix_is_psd():
     gm = _mixture_2d()
-    x = gm.sample(80, generator=_gen(4))
+    x = gm.sample(80, generator=gen(4))
     for kernel in ("imq", "rbf"):
         u = stein_kernel_matrix(x, gm, kernel=kernel)
         torch.testing.assert_close(u, u.T, **EXACT)
@@ -113,36 +111,36 @@ def test_v_statistic_is_nonnegative_and_stein_matrix_is_psd():
 
 def test_blocking_permutation_and_u_v_relation():
     gm = _mixture_2d()
-    x = gm.sample(157, generator=_gen(5))
+    x = gm.sample(157, generator=gen(5))
     n = x.shape[0]
     full = stein_kernel_matrix(x, gm)
     for stat in ("u", "v"):
         blocked = ksd(x, gm, statistic=stat, block_size=10)
         torch.testing.assert_close(blocked, ksd(x, gm, statistic=stat), **EXACT)
-    perm = torch.randperm(n, generator=_gen(6))
+    perm = torch.randperm(n, generator=gen(6))
     torch.testing.assert_close(ksd(x[perm], gm), ksd(x, gm), **EXACT)
     torch.testing.assert_close(ksd(x, gm, statistic="v"), full.mean(), **EXACT)
     torch.testing.assert_close(ksd(x, gm), (full.sum() - full.diagonal().sum()) / (n * (n - 1)), **EXACT)
     # The test statistic is n * KSD^2_V, and blocking does not change the bootstrap either.
-    a = ksd_test(x, gm, num_bootstrap=50, generator=_gen(7))
-    b = ksd_test(x, gm, num_bootstrap=50, block_size=13, generator=_gen(7))
+    a = ksd_test(x, gm, num_bootstrap=50, generator=gen(7))
+    b = ksd_test(x, gm, num_bootstrap=50, block_size=13, generator=gen(7))
     torch.testing.assert_close(a.statistic, n * full.mean(), **EXACT)
     torch.testing.assert_close(a.bootstrap, b.bootstrap, **EXACT)
 
 
 @pytest.mark.parametrize("d", [1, 2, 10])
 def test_ksd_separates_p_from_shifted_and_scaled_q(d):
-    x = torch.randn(300, d, generator=_gen(10 + d), dtype=torch.float64)
+    x = torch.randn(300, d, generator=gen(10 + d), dtype=torch.float64)
     null = ksd(x, _normal_score())
     for name, score in {"shift": _normal_score(shift=1.0), "scale": _normal_score(scale=2.0)}.items():
         alt = ksd(x, score)
         assert float(alt) > float(null), name
-        result = ksd_test(x, score, num_bootstrap=200, generator=_gen(20 + d))
+        result = ksd_test(x, score, num_bootstrap=200, generator=gen(20 + d))
         assert float(result.p_value) <= 0.01, (name, float(result.p_value))
 
 
 def test_ksd_with_a_kde_score_is_finite():
-    x = torch.randn(120, 2, generator=_gen(8), dtype=torch.float64)
+    x = torch.randn(120, 2, generator=gen(8), dtype=torch.float64)
     assert torch.isfinite(ksd(x, GaussianKDE(x)))
 
 
@@ -150,7 +148,7 @@ def test_ksd_with_a_kde_score_is_finite():
 
 
 def _rejections(num_reps, n, d, seed):
-    g = _gen(seed)
+    g = gen(seed)
     count = 0
     for _ in range(num_reps):
         x = torch.randn(n, d, generator=g, dtype=torch.float64)
@@ -177,18 +175,18 @@ def test_ksd_test_holds_its_level_full(d):
 
 
 def test_contract_shapes_dtypes_no_mutation():
-    x = torch.randn(60, 3, generator=_gen(9))  # float32
+    x = torch.randn(60, 3, generator=gen(9))  # float32
     before = x.clone()
     value = ksd(x, _normal_score())
     assert value.shape == () and value.dtype == torch.float32
-    result = ksd_test(x, _normal_score(), num_bootstrap=30, generator=_gen(1))
+    result = ksd_test(x, _normal_score(), num_bootstrap=30, generator=gen(1))
     assert isinstance(result, KSDTestResult) and result.bootstrap.shape == (30,)
     assert 0.0 < float(result.p_value) <= 1.0 and float(result.bandwidth) > 0
     torch.testing.assert_close(x, before, rtol=0, atol=0)
 
 
 def test_bad_inputs_raise_clear_errors():
-    x = torch.randn(20, 2, generator=_gen(11), dtype=torch.float64)
+    x = torch.randn(20, 2, generator=gen(11), dtype=torch.float64)
     with pytest.raises(ValueError, match="kernel"):
         ksd(x, _normal_score(), kernel="gauss")
     with pytest.raises(ValueError, match="statistic"):

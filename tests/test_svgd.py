@@ -17,29 +17,17 @@ from pyro_disco.infer.particles import flow_init, flow_run, flow_step
 from pyro_disco.infer.svgd import score_factor, svgd_direction, svgd_init, svgd_run, svgd_step
 from pyro_disco.kernels import IMQ, RBF
 
+from helpers import COV_2D, GAUSSIAN_2D, MEAN_2D, check_moments, gen
+
 F64 = torch.float64
-MEAN = torch.tensor([1.0, -1.0], dtype=F64)
-COV = torch.tensor([[1.0, 0.5], [0.5, 2.0]], dtype=F64)
-TARGET = GaussianMixture(torch.ones(1, dtype=F64), MEAN[None], COV[None])
+# Moments are checked within k iid Monte Carlo standard errors (helpers.check_moments): SVGD
+# and the flows place particles deterministically and are at least as accurate as iid draws
+# for these moments (Liu & Wang 2016), so the iid standard error is a fair yardstick.
 EXACT = dict(rtol=1e-10, atol=1e-12)  # same float64 quantity by two routes
 
 
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
 def _start(n, seed, d=2):
-    return torch.randn(n, d, generator=_gen(seed), dtype=F64)
-
-
-def _check_moments(x, mean, cov, k=4.0):
-    """Mean/covariance within ``k`` iid Monte Carlo standard errors. SVGD and the flows place
-    particles deterministically and are at least as accurate as iid draws for these moments
-    (Liu & Wang 2016), so the iid standard error is a fair yardstick."""
-    n = x.shape[0]
-    assert ((x.mean(0) - mean).abs() < k * (cov.diagonal() / n).sqrt()).all(), (x.mean(0), mean)
-    se_cov = ((cov.diagonal()[:, None] * cov.diagonal()[None, :] + cov**2) / n).sqrt()
-    assert ((torch.cov(x.T) - cov).abs() < k * se_cov).all(), (torch.cov(x.T), cov)
+    return torch.randn(n, d, generator=gen(seed), dtype=F64)
 
 
 # ------------------------------------------------------------------ SVGD direction (exact)
@@ -48,13 +36,13 @@ def _check_moments(x, mean, cov, k=4.0):
 @pytest.mark.parametrize("kernel", [RBF(), IMQ(), RBF(bandwidth=0.7)])
 def test_direction_matches_autograd_of_the_kernel(kernel):
     x = _start(6, 0)
-    phi, h = svgd_direction(x, TARGET, kernel)
+    phi, h = svgd_direction(x, GAUSSIAN_2D, kernel)
     xj = x.clone().requires_grad_(True)
     k = kernel.profile(torch.cdist(xj, x.detach()).square(), h)[0]  # k(x_j, x_i), grad in x_j
     grad_k = torch.stack(
         [torch.autograd.grad(k[:, i].sum(), xj, retain_graph=True)[0].sum(0) for i in range(6)]
     )
-    expected = (k.detach().T @ TARGET.score(x) + grad_k) / 6
+    expected = (k.detach().T @ GAUSSIAN_2D.score(x) + grad_k) / 6
     assert_close(phi, expected, **EXACT)
 
 
@@ -73,18 +61,18 @@ def test_pyro_stein_kernel_gives_the_same_direction_as_ours():
     # exp(-|x - y|^2 / H) is our RBF with 2 h^2 = H: Pyro's kernel object, used as Pyro's SVGD
     # uses it, must give our direction to round-off.
     x = _start(7, 0)
-    phi_pyro, h = svgd_direction(x, TARGET, _FixedRBFSteinKernel(0.8))
-    phi_ours, _ = svgd_direction(x, TARGET, RBF(bandwidth=math.sqrt(0.4)))
+    phi_pyro, h = svgd_direction(x, GAUSSIAN_2D, _FixedRBFSteinKernel(0.8))
+    phi_ours, _ = svgd_direction(x, GAUSSIAN_2D, RBF(bandwidth=math.sqrt(0.4)))
     assert_close(phi_pyro, phi_ours, **EXACT)
     assert math.isnan(float(h))
     with pytest.raises(TypeError, match="SteinKernel"):
-        svgd_direction(x, TARGET, kernel="rbf")
+        svgd_direction(x, GAUSSIAN_2D, kernel="rbf")
 
 
 @pytest.mark.parametrize("kernel", [RBFSteinKernel(), IMQSteinKernel()])
 def test_svgd_with_pyro_kernels_recovers_a_gaussian(kernel):
-    out = svgd_run(_start(150, 2), TARGET, 0.05, 300, kernel=kernel)
-    _check_moments(out.particles, MEAN, COV)
+    out = svgd_run(_start(150, 2), GAUSSIAN_2D, 0.05, 300, kernel=kernel)
+    check_moments(out.particles, MEAN_2D, COV_2D)
 
 
 def test_adam_step_is_the_adam_update():
@@ -94,36 +82,36 @@ def test_adam_step_is_the_adam_update():
     state = svgd_init(_start(10, 3))
     x, m, v = state.particles.clone(), torch.zeros(10, 2, dtype=F64), torch.zeros(10, 2, dtype=F64)
     for t in range(1, 5):
-        phi, _ = svgd_direction(x, TARGET, kernel)
+        phi, _ = svgd_direction(x, GAUSSIAN_2D, kernel)
         m = b1 * m + (1 - b1) * phi
         v = b2 * v + (1 - b2) * phi**2
         x = x + lr * (m / (1 - b1**t)) / (eps + (v / (1 - b2**t)).sqrt())
         before = state.particles.clone()
-        state, _ = svgd_step(state, TARGET, lr, kernel=kernel)
+        state, _ = svgd_step(state, GAUSSIAN_2D, lr, kernel=kernel)
         assert_close(state.particles, x, rtol=1e-12, atol=1e-12)
-    sgd, _ = svgd_step(svgd_init(before), TARGET, lr, kernel=kernel, optimizer="sgd")
-    assert_close(sgd.particles, before + lr * svgd_direction(before, TARGET, kernel)[0], **EXACT)
+    sgd, _ = svgd_step(svgd_init(before), GAUSSIAN_2D, lr, kernel=kernel, optimizer="sgd")
+    assert_close(sgd.particles, before + lr * svgd_direction(before, GAUSSIAN_2D, kernel)[0], **EXACT)
 
 
 def test_single_particle_follows_the_score():
     x = torch.tensor([[0.3, 0.2]], dtype=F64)
-    phi, _ = svgd_direction(x, TARGET, RBF(bandwidth=1.0))
-    assert_close(phi, TARGET.score(x), **EXACT)
+    phi, _ = svgd_direction(x, GAUSSIAN_2D, RBF(bandwidth=1.0))
+    assert_close(phi, GAUSSIAN_2D.score(x), **EXACT)
 
 
 def test_run_shapes_errors_and_no_mutation():
     x = _start(20, 1)
     before = x.clone()
-    out = svgd_run(x, TARGET.score, 0.1, 6, save_every=2)
+    out = svgd_run(x, GAUSSIAN_2D.score, 0.1, 6, save_every=2)
     assert out.particles.shape == (20, 2) and out.trajectory.shape == (4, 20, 2)
     assert out.info.bandwidth.shape == (6,) and torch.equal(x, before)
-    assert svgd_run(x, TARGET, 0.1, 2).trajectory is None
+    assert svgd_run(x, GAUSSIAN_2D, 0.1, 2).trajectory is None
     with pytest.raises(ValueError, match="optimizer"):
-        svgd_run(x, TARGET, 0.1, 2, optimizer="lbfgs")
+        svgd_run(x, GAUSSIAN_2D, 0.1, 2, optimizer="lbfgs")
     with pytest.raises(ValueError, match=r"\(n, d\)"):
-        svgd_run(x[0], TARGET, 0.1, 2)
+        svgd_run(x[0], GAUSSIAN_2D, 0.1, 2)
     with pytest.raises(ValueError, match="bandwidth_rule"):
-        svgd_run(x, TARGET, 0.1, 2, bandwidth_rule="silverman")
+        svgd_run(x, GAUSSIAN_2D, 0.1, 2, bandwidth_rule="silverman")
 
 
 # ------------------------------------------------------------------ SVGD recovers targets
@@ -131,18 +119,18 @@ def test_run_shapes_errors_and_no_mutation():
 
 @pytest.mark.parametrize("kernel,optimizer", [(RBF(), "adam"), (IMQ(), "adam"), (RBF(), "adagrad")])
 def test_svgd_recovers_a_gaussian_with_the_exact_score(kernel, optimizer):
-    out = svgd_run(_start(150, 2), TARGET, 0.05, 300, kernel=kernel, optimizer=optimizer)
-    _check_moments(out.particles, MEAN, COV)
+    out = svgd_run(_start(150, 2), GAUSSIAN_2D, 0.05, 300, kernel=kernel, optimizer=optimizer)
+    check_moments(out.particles, MEAN_2D, COV_2D)
 
 
 def test_svgd_with_a_kde_score_recovers_the_kde_moments():
     # The KDE's moments are exact: mean(X) and (n-1)/n Cov(X) + H.
-    chol = torch.linalg.cholesky(COV)
-    kde = GaussianKDE(MEAN + _start(400, 3) @ chol.T)
+    chol = torch.linalg.cholesky(COV_2D)
+    kde = GaussianKDE(MEAN_2D + _start(400, 3) @ chol.T)
     n = kde.samples.shape[0]
     mean, cov = kde.samples.mean(0), torch.cov(kde.samples.T) * (n - 1) / n + kde.covariance
     out = svgd_run(_start(150, 4), kde, 0.05, 300)
-    _check_moments(out.particles, mean, cov)
+    check_moments(out.particles, mean, cov)
 
 
 @pytest.mark.parametrize("score", ["exact", "kde"])
@@ -160,7 +148,7 @@ def test_svgd_recovers_mixture_weights(score):
         phi3 = 0.5 * (1 + math.erf(3 / math.sqrt(2)))
         mass = 0.3 * (1 - phi3) + 0.7 * phi3
     else:
-        target = GaussianKDE(mix.sample(400, generator=_gen(11)))
+        target = GaussianKDE(mix.sample(400, generator=gen(11)))
         z = target.samples.squeeze(-1) / target.covariance.sqrt().squeeze()
         mass = float((0.5 * (1 + torch.erf(z / math.sqrt(2)))).mean())
     n = 200
@@ -183,15 +171,15 @@ def _pyro_svgd(model, steps=300, n=100):
 
 def test_learned_score_site_in_pyro_svgd():
     # A LearnedScore site: Pyro's SVGD follows the KDE score through log_prob's gradient.
-    chol = torch.linalg.cholesky(COV)
-    prior = LearnedScore(MEAN + _start(400, 6) @ chol.T, estimator="kde")
+    chol = torch.linalg.cholesky(COV_2D)
+    prior = LearnedScore(MEAN_2D + _start(400, 6) @ chol.T, estimator="kde")
     x = prior.samples
     mean, cov = x.mean(0), torch.cov(x.T) * (x.shape[0] - 1) / x.shape[0] + prior.estimator.covariance
 
     def model():
         pyro.sample("z", prior)
 
-    _check_moments(_pyro_svgd(model), mean, cov)
+    check_moments(_pyro_svgd(model), mean, cov)
 
 
 def test_score_factor_in_pyro_svgd():
@@ -201,22 +189,22 @@ def test_score_factor_in_pyro_svgd():
 
     def model():
         z = pyro.sample("z", base)
-        score_factor("z_score", z, TARGET.score, base=base)
+        score_factor("z_score", z, GAUSSIAN_2D.score, base=base)
 
-    _check_moments(_pyro_svgd(model), MEAN, COV)
+    check_moments(_pyro_svgd(model), MEAN_2D, COV_2D)
 
 
 def test_score_factor_value_is_zero_and_gradient_is_the_score():
     x = _start(5, 7).requires_grad_(True)
 
     def model():
-        return score_factor("f", x, TARGET.score)
+        return score_factor("f", x, GAUSSIAN_2D.score)
 
     tr = pyro.poutine.trace(model).get_trace()
     lp = tr.log_prob_sum()
     (g,) = torch.autograd.grad(lp, x)
     assert float(lp.detach()) == 0.0
-    assert_close(g, TARGET.score(x.detach()), **EXACT)
+    assert_close(g, GAUSSIAN_2D.score(x.detach()), **EXACT)
 
 
 # ------------------------------------------------------------------ score-based particle flow
@@ -236,21 +224,21 @@ class GaussianFit:
 
 def test_flow_with_exact_cloud_score_converges_to_the_target():
     x0 = 0.5 * _start(100, 8) + 3.0
-    out = flow_run(x0, TARGET, GaussianFit, step_size=0.05, num_steps=600)
+    out = flow_run(x0, GAUSSIAN_2D, GaussianFit, step_size=0.05, num_steps=600)
     # exponential convergence at rate >= 1/2.2 (the largest eigenvalue of S): error ~ 4 e^{-13.6} at t = 30
-    assert_close(out.particles.mean(0), MEAN, rtol=0, atol=1e-4)
-    assert_close(torch.cov(out.particles.T), COV, rtol=1e-3, atol=1e-4)
+    assert_close(out.particles.mean(0), MEAN_2D, rtol=0, atol=1e-4)
+    assert_close(torch.cov(out.particles.T), COV_2D, rtol=1e-3, atol=1e-4)
 
 
 def test_flow_covariance_follows_the_fokker_planck_ode():
     # Euler steps of the particle flow = Euler steps of the covariance ODE, exactly.
     x = _start(50, 9)
     state = flow_init(x)
-    prec = torch.linalg.inv(COV)
+    prec = torch.linalg.inv(COV_2D)
     cov = torch.cov(x.T)
     h = 0.01
     for _ in range(5):
-        state, _ = flow_step(state, TARGET, h, GaussianFit)
+        state, _ = flow_step(state, GAUSSIAN_2D, h, GaussianFit)
         a = torch.eye(2, dtype=F64) - h * prec + h * torch.linalg.inv(cov)
         cov = a @ cov @ a.T
     assert_close(torch.cov(state.particles.T), cov, rtol=1e-9, atol=1e-12)
@@ -262,10 +250,10 @@ def test_blob_flow_with_kde_is_biased_as_predicted():
     # the mean is exact (4 iid SE); the covariance is matched to 12 % because the KDE's
     # self-interaction at each particle adds a further ~5-7 % contraction at n = 200 (measured).
     n = 200
-    out = flow_run(_start(n, 10), TARGET, step_size=0.1, num_steps=150, save_every=50)
+    out = flow_run(_start(n, 10), GAUSSIAN_2D, step_size=0.1, num_steps=150, save_every=50)
     p = out.particles
     assert out.trajectory.shape == (4, n, 2) and out.times.shape == (4,)
-    assert ((p.mean(0) - MEAN).abs() < 4 * (COV.diagonal() / n).sqrt()).all()
-    predicted = COV / (1 + n ** (-1 / 3))
+    assert ((p.mean(0) - MEAN_2D).abs() < 4 * (COV_2D.diagonal() / n).sqrt()).all()
+    predicted = COV_2D / (1 + n ** (-1 / 3))
     assert_close(torch.cov(p.T), predicted, rtol=0.12, atol=0.06)
     assert float(out.info.mean_speed[-1]) < 0.01  # stationary

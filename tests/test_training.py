@@ -7,8 +7,10 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 
 from pyro_disco.estimators.whitening import fit_whitening
 from pyro_disco.nn.discoformer import DiScoFormer
-from pyro_disco.training import TrainConfig, random_mixtures, random_rotation, sample_task, task_loss, train
+from pyro_disco.training import random_mixtures, random_rotation, sample_task, task_loss, train
 from pyro_disco.training.train import CHECKPOINT
+
+from helpers import read_log, tiny_train_config
 
 ROUNDOFF = dict(rtol=1e-9, atol=1e-9)  # float64, different formulas for the same quantity
 
@@ -70,35 +72,15 @@ def test_whitened_targets_follow_the_change_of_variables(generator):
     torch.testing.assert_close(w.score_back(s_w), mix.score(y.detach()), **ROUNDOFF)
 
 
-def _tiny(tmp_path, steps):
-    return TrainConfig(
-        dim=2,
-        steps=steps,
-        tokens_per_step=512,
-        n_min=64,
-        n_max=128,
-        num_queries=32,
-        checkpoint_every=5,
-        eval_every=1000,
-        lr=2e-3,
-        warmup=5,
-        model=dict(d_model=32, num_layers=2, num_heads=4, d_ff=64),
-    )
-
-
-def _log(path):
-    return [json.loads(line) for line in (path / "log.jsonl").read_text().splitlines()]
-
-
 def test_short_training_lowers_the_loss(tmp_path):
     """On a fixed held-out batch, 100 steps beat the untrained model (the whitened Gaussian)."""
-    cfg = _tiny(tmp_path, 100)
+    cfg = tiny_train_config(100)
     cfg.lr = 3e-3
     held_out = sample_task(16, 2, 128, 64, generator=torch.Generator().manual_seed(99))
     before = float(task_loss(DiScoFormer(cfg.model_config()), held_out, cfg.alpha)[0].detach())
     model = train(cfg, tmp_path, progress=False)
     after = float(task_loss(model, held_out, cfg.alpha)[0].detach())
-    assert len(_log(tmp_path)) == 100
+    assert len(read_log(tmp_path)) == 100
     # The whitened-Gaussian start is already a fair estimator; 100 tiny steps buy a few
     # per cent (measured 2.8 %). Deterministic seeds: this is not a noisy comparison.
     assert after < 0.99 * before, (before, after)
@@ -110,7 +92,7 @@ def test_kill_and_resume_continues_the_same_stream(tmp_path, monkeypatch):
     train_module = importlib.import_module("pyro_disco.training.train")
 
     full, split = tmp_path / "full", tmp_path / "split"
-    train(_tiny(full, 12), full, progress=False)
+    train(tiny_train_config(12), full, progress=False)
     calls = {"n": 0}
     real = train_module.sample_task
 
@@ -121,11 +103,11 @@ def test_kill_and_resume_continues_the_same_stream(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "sample_task", interrupted)
-    train(_tiny(split, 12), split, progress=False)
+    train(tiny_train_config(12), split, progress=False)
     assert torch.load(split / CHECKPOINT, weights_only=True)["step"] == 6
     monkeypatch.setattr(train_module, "sample_task", real)
-    train(_tiny(split, 12), split, progress=False)  # resumed
-    a, b = _log(full), _log(split)
+    train(tiny_train_config(12), split, progress=False)  # resumed
+    a, b = read_log(full), read_log(split)
     assert [r["step"] for r in b] == list(range(1, 13))
     assert [r["n"] for r in a] == [r["n"] for r in b]  # same task stream after the restart
     for ra, rb in zip(a, b):
@@ -137,8 +119,8 @@ def test_kill_and_resume_continues_the_same_stream(tmp_path, monkeypatch):
 def test_resume_after_a_hard_kill_drops_the_lost_steps_from_the_log(tmp_path):
     """SIGKILL gives no final checkpoint: steps logged after the last checkpoint are redone,
     and the log keeps one record per step."""
-    train(_tiny(tmp_path, 6), tmp_path, progress=False)
+    train(tiny_train_config(6), tmp_path, progress=False)
     with open(tmp_path / "log.jsonl", "a") as f:  # what a killed run leaves behind
         f.write(json.dumps({"step": 7, "n": 1, "loss": 0.0}) + "\n")
-    train(_tiny(tmp_path, 8), tmp_path, progress=False)
-    assert [r["step"] for r in _log(tmp_path)] == list(range(1, 9))
+    train(tiny_train_config(8), tmp_path, progress=False)
+    assert [r["step"] for r in read_log(tmp_path)] == list(range(1, 9))

@@ -5,39 +5,26 @@ exact resume after a signal inside ``optimizer.step()``, no half-applied step on
 non-finite checkpoint, a torn log line, a locked run folder, argument ranges.
 """
 
-import json
 import os
 import signal
 
 import pytest
 import torch
 
-from pyro_disco.training import TrainConfig, train
+from pyro_disco.training import train
 from pyro_disco.training.train import CHECKPOINT, PREVIOUS, RunLockedError, _lock
+
+from helpers import read_log, tiny_train_config
 
 STEPS = 12  # checkpoints every 5 steps: at 5, 10 and the end
 
 
+# dropout draws from the global RNG: exact resume must restore it too
+DROPOUT_MODEL = dict(d_model=32, num_layers=2, num_heads=4, d_ff=64, dropout=0.1)
+
+
 def _tiny(steps=STEPS, **kw):
-    base = dict(
-        dim=2,
-        steps=steps,
-        tokens_per_step=512,
-        n_min=64,
-        n_max=128,
-        num_queries=32,
-        checkpoint_every=5,
-        eval_every=1000,
-        lr=2e-3,
-        warmup=5,
-        model=dict(d_model=32, num_layers=2, num_heads=4, d_ff=64, dropout=0.1),  # dropout: global RNG
-    )
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def _log(path):
-    return [json.loads(line) for line in (path / "log.jsonl").read_text().splitlines()]
+    return tiny_train_config(steps, **{"model": DROPOUT_MODEL, **kw})
 
 
 def _deterministic(records):
@@ -55,14 +42,14 @@ def reference(tmp_path_factory):
     """The uninterrupted run: final weights and log."""
     out = tmp_path_factory.mktemp("full")
     model = train(_tiny(), out, progress=False)
-    return model.state_dict(), _deterministic(_log(out))
+    return model.state_dict(), _deterministic(read_log(out))
 
 
 def _assert_same_run(model, out, reference):
     ref_state, ref_log = reference
     for k, v in model.state_dict().items():
         assert torch.equal(v, ref_state[k]), k  # bit for bit
-    assert _deterministic(_log(out)) == ref_log
+    assert _deterministic(read_log(out)) == ref_log
 
 
 def _patch_step(monkeypatch, action, at_call):
