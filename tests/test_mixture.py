@@ -137,3 +137,28 @@ def test_covariance_shrinkage_is_the_documented_formula():
         assert torch.allclose(got, want, atol=1e-9), (c, got, want)
     with pytest.raises(ValueError, match="shrinkage"):
         GaussianMixtureEstimator(x[0], shrinkage=-1.0)
+
+
+def test_split_start_keeps_the_parents_moments():
+    from pyro_disco.nn.em import _split_widest
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(1, 300, 3, generator=g, dtype=torch.float64) * torch.tensor(
+        [2.0, 1.0, 0.5], dtype=torch.float64
+    )
+    fit = fit_gaussian_mixtures(x, 2, shrinkage=0.0)[1]  # 2 components
+    log_w, loc, tril = _split_widest(fit)
+    assert loc.shape == (1, 3, 3) and float(log_w.exp().sum()) == pytest.approx(1.0)
+
+    def moments(log_w, loc, tril):
+        w = log_w.exp()[0]
+        mean = (w[:, None] * loc[0]).sum(0)
+        cov = sum(
+            w[c] * (tril[0, c] @ tril[0, c].T + torch.outer(loc[0, c] - mean, loc[0, c] - mean))
+            for c in range(len(w))
+        )
+        return mean, cov
+
+    m0, c0 = moments(fit.log_weights, fit.loc, fit.scale_tril)
+    m1, c1 = moments(log_w, loc, tril)
+    assert torch.allclose(m0, m1, atol=1e-12) and torch.allclose(c0, c1, atol=1e-12)

