@@ -5,11 +5,28 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["as_samples", "as_queries", "DegenerateSamplesError"]
+__all__ = ["as_samples", "as_queries", "DegenerateSamplesError", "OutlierWarning"]
 
 
 class DegenerateSamplesError(ValueError):
-    """The samples span less than their ambient dimension (singular covariance)."""
+    """The samples span less than their ambient dimension (singular covariance).
+
+    ``kind``: ``"constant"`` (a constant coordinate), ``"subspace"`` (a lower-dimensional affine
+    subspace), ``"outliers"`` (near-singular only because a few far outliers dominate the
+    covariance: ``whitening="robust"`` accepts them), or ``None``.
+    """
+
+    def __init__(self, *args, kind: str | None = None):
+        super().__init__(*args)
+        self.kind = kind
+
+
+class OutlierWarning(UserWarning):
+    """A few samples dominate the samples' mean and covariance: their standard deviation in
+    some direction is more than ``OUTLIER_FACTOR`` (10) times the robust scale (1.4826 MAD)
+    there (:func:`pyro_disco.estimators.whitening.outlier_ratio`), and at most 5 % of them lie
+    outside the robust 99.9 % ellipsoid. Remove the outliers, or build the estimator with
+    ``whitening="robust"``."""
 
 
 def _as_float_tensor(x, name: str) -> Tensor:

@@ -6,13 +6,15 @@ between them), so neither of those imports it.
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import Tensor
 
 from pyro_disco._validation import as_samples
 from pyro_disco.estimators.kde import SDKDE, EmpSDKDE, GaussianKDE
 from pyro_disco.estimators.mixture import GaussianMixtureEstimator
 from pyro_disco.estimators.selection import select_estimator
-from pyro_disco.estimators.whitening import fit_whitening
+from pyro_disco.estimators.whitening import check_samples, quiet_outliers
 from pyro_disco.pretrained import auto_dims, available_dims, pretrained_estimator
 
 __all__ = ["build_estimator", "resolve_estimator", "ESTIMATORS"]
@@ -37,7 +39,12 @@ def resolve_estimator(samples: Tensor, estimator="auto", **estimator_kwargs):
     - ``"emp-sdkde"``: :class:`EmpSDKDE`;
     - any object with callable ``logdensity`` and ``score`` is used as is (name ``"custom"``).
 
-    ``estimator_kwargs`` go to the chosen constructor.
+    ``estimator_kwargs`` go to the chosen constructor. Every built-in estimator takes
+    ``whitening="standard"`` (default) or ``"robust"`` (:mod:`pyro_disco.estimators.whitening`:
+    a robust location and scatter that give far outliers no weight; ``"auto"`` passes it to every
+    candidate, ``"sdkde"`` to the transformer whose score shifts it). With ``"standard"``,
+    samples whose standard deviation in some direction exceeds 10 robust scales raise an
+    :class:`~pyro_disco._validation.OutlierWarning` (once, from the estimator finally built).
     """
     if not isinstance(estimator, str):
         for attr in ("logdensity", "score"):
@@ -54,10 +61,12 @@ def resolve_estimator(samples: Tensor, estimator="auto", **estimator_kwargs):
     has_model = x.shape[1] in available_dims()
     if estimator == "auto":
         # the candidates would fail one by one on degenerate folds: give the shared clear error
-        fit_whitening(x.detach())
+        check_samples(x.detach(), estimator_kwargs.get("whitening", "standard"))
         builders = {"gmm": GaussianMixtureEstimator, "kde": GaussianKDE}
         if x.shape[1] in auto_dims():
             builders["transformer"] = pretrained_estimator
+        if "whitening" in estimator_kwargs:  # the candidates whiten as the winner will
+            builders = {k: partial(b, whitening=estimator_kwargs["whitening"]) for k, b in builders.items()}
         selection = select_estimator(x.detach(), builders)
         est, name = resolve_estimator(x, selection.chosen, **estimator_kwargs)
         est.selection = selection
@@ -81,7 +90,8 @@ def resolve_estimator(samples: Tensor, estimator="auto", **estimator_kwargs):
                 f"d={x.shape[1]}: "
                 "pass score=<estimator or score_fn>, or use 'emp-sdkde' (the KDE's own score)"
             )
-        score = pretrained_estimator(x)
+        with quiet_outliers():  # the SD-KDE checks the same samples itself
+            score = pretrained_estimator(x, **{k: v for k, v in kwargs.items() if k == "whitening"})
     return SDKDE(x, score, **kwargs), "sdkde"
 
 

@@ -46,6 +46,8 @@ def _kernel_config(est) -> tuple[dict, dict]:
     """The KDE constructor's arguments: a bandwidth factor, or the explicit covariance given."""
     cov_arg = getattr(est, "_covariance_arg", None)
     config: dict = {"block_size": int(est.block_size)}
+    if hasattr(est, "whitening_method"):  # not the weighted KDE
+        config["whitening"] = est.whitening_method
     tensors: dict = {}
     if cov_arg is None:
         config["bandwidth"] = float(est.bandwidth)
@@ -69,6 +71,7 @@ def estimator_state(est) -> dict:
             "model_config": est.model.config.to_dict(),
             "block_size": int(est.block_size),
             "query_block": int(est.query_block),
+            "whitening": est.whitening_method,
             "adaptation_losses": [float(v) for v in getattr(est, "adaptation_losses", [])],
         }
         tensors["state_dict"] = {k: v.detach() for k, v in est.model.state_dict().items()}
@@ -103,12 +106,18 @@ def estimator_from_state(state: dict):
         for p in model.parameters():
             p.requires_grad_(False)
         est = DiScoFormerEstimator(
-            model.to(x.device), x, block_size=config["block_size"], query_block=config["query_block"]
+            model.to(x.device),
+            x,
+            block_size=config["block_size"],
+            query_block=config["query_block"],
+            whitening=config.get("whitening", "standard"),
         )
         if config["adaptation_losses"]:
             est.adaptation_losses = list(config["adaptation_losses"])
         return est
     kernel = {"block_size": config["block_size"]}
+    if "whitening" in config:
+        kernel["whitening"] = config["whitening"]
     if "covariance" in tensors:
         kernel["covariance"] = tensors["covariance"]
     elif "covariance_scalar" in config:

@@ -33,7 +33,14 @@ from torch import Tensor
 
 from pyro_disco._validation import DegenerateSamplesError, as_samples
 from pyro_disco.estimators.base import SampleEstimator, ScoreLike, as_score_fn
-from pyro_disco.estimators.whitening import centre, check_not_degenerate
+from pyro_disco.estimators.whitening import (
+    centre,
+    check_samples,
+    check_whitening,
+    quiet_outliers,
+    robust_covariance,
+    warn_if_outliers,
+)
 
 __all__ = ["GaussianKDE", "SDKDE", "EmpSDKDE", "bandwidth_factor"]
 
@@ -72,12 +79,6 @@ def _sample_covariance(x: Tensor) -> Tensor:
     """Sample covariance in float64 (centred first, so offsets cost no accuracy)."""
     _, xc = _centre(x)
     return xc.T @ xc / (x.shape[0] - 1)
-
-
-def _check_not_degenerate(x: Tensor, cov: Tensor) -> None:
-    """Raise :class:`DegenerateSamplesError` if the samples' covariance is singular, with the
-    thresholds (relative to the data) and the message of the transformer's whitening."""
-    check_not_degenerate(cov, x.detach().double().abs().amax(0), x.dtype)
 
 
 def _check_block_size(block_size) -> int | None:
@@ -121,13 +122,20 @@ class GaussianKDE(SampleEstimator):
         covariance: an explicit kernel covariance ``(d, d)`` (or a scalar ``h``, meaning
             :math:`H = h^2 I`); overrides ``bandwidth``.
         block_size: queries per block (default: so that a block holds ~256 K exponents).
+        whitening: where :math:`\mathrm{Cov}(X)` comes from: ``"standard"`` (default: the
+            sample covariance) or ``"robust"``
+            (:func:`~pyro_disco.estimators.whitening.robust_covariance`: far outliers get no
+            weight, and the bandwidth is not differentiated through). With ``"standard"`` and no
+            explicit ``covariance``, samples whose standard deviation in some direction exceeds
+            10 robust scales raise an :class:`~pyro_disco._validation.OutlierWarning` that
+            names this option.
 
     Raises:
         DegenerateSamplesError: the bandwidth comes from the samples' covariance and it is
             singular (a constant coordinate, or samples in a lower-dimensional subspace).
             With an explicit ``covariance`` degenerate samples are allowed.
-        ValueError: an explicit ``covariance`` that is not positive definite, or
-            ``block_size <= 0``.
+        ValueError: an explicit ``covariance`` that is not positive definite,
+            ``block_size <= 0``, or an unknown ``whitening``.
 
     Example:
         >>> kde = GaussianKDE(torch.randn(500, 2, dtype=torch.float64))
@@ -144,9 +152,12 @@ class GaussianKDE(SampleEstimator):
         *,
         covariance: Tensor | float | None = None,
         block_size: int | None = None,
+        whitening: str = "standard",
     ):
         x = as_samples(samples)
+        check_whitening(whitening)
         n, d = x.shape
+        self.whitening_method = whitening
         self.samples, self.dim, self.dtype, self.device = x, d, x.dtype, x.device
         self.num_samples = n
         self._bandwidth_rule = bandwidth
@@ -162,6 +173,8 @@ class GaussianKDE(SampleEstimator):
         block_size = _check_block_size(block_size)
         self.block_size = block_size or max(1, _BLOCK_ELEMENTS // n)
         self._refit()
+        if covariance is None and whitening == "standard":
+            warn_if_outliers(x)
 
     # -- fitting -----------------------------------------------------------------------
 
@@ -169,9 +182,10 @@ class GaussianKDE(SampleEstimator):
         """The kernel covariance ``(d, d)`` in float64 (differentiable in ``x``)."""
         cov_arg, d = self._covariance_arg, self.dim
         if cov_arg is None:
-            cov = _sample_covariance(x)
-            _check_not_degenerate(x, cov)
-            return cov * self.bandwidth**2
+            if self.whitening_method == "robust":
+                return robust_covariance(x) * self.bandwidth**2
+            check_samples(x)  # the thresholds and messages of the transformer's whitening
+            return _sample_covariance(x) * self.bandwidth**2
         if isinstance(cov_arg, (int, float)):
             return torch.eye(d, dtype=torch.float64, device=x.device) * float(cov_arg) ** 2
         cov = torch.as_tensor(cov_arg, dtype=torch.float64, device=x.device)
@@ -330,6 +344,8 @@ class SDKDE(GaussianKDE):
         score: an estimator or ``score_fn(x) -> (n, d)`` evaluated once at the samples.
         bandwidth: ``"sd"`` (default), ``"scott"``, ``"silverman"`` or a positive factor.
         covariance: explicit kernel covariance, overriding ``bandwidth``.
+        block_size, whitening: as for :class:`GaussianKDE` (``"robust"``: :math:`\Sigma` is the
+            robust covariance).
     """
 
     _differentiable_fit = False
@@ -342,9 +358,12 @@ class SDKDE(GaussianKDE):
         *,
         covariance: Tensor | float | None = None,
         block_size: int | None = None,
+        whitening: str = "standard",
     ):
         self._score_fn = as_score_fn(score)
-        super().__init__(samples, bandwidth, covariance=covariance, block_size=block_size)
+        super().__init__(
+            samples, bandwidth, covariance=covariance, block_size=block_size, whitening=whitening
+        )
 
     def _kernel_covariance(self, x: Tensor) -> Tensor:
         cov = super()._kernel_covariance(x.detach())
@@ -352,7 +371,7 @@ class SDKDE(GaussianKDE):
             # the SD-KDE code's robust scale: sigma = min(std, IQR / 1.34)
             xd = x.detach().double()[:, 0]
             q25, q75 = torch.quantile(xd, xd.new_tensor([0.25, 0.75])).tolist()
-            var = float(_sample_covariance(x.detach()))
+            var = float(cov) / self.bandwidth**2  # the (sample or robust) variance
             cov = cov * min(1.0, ((q75 - q25) / 1.34) ** 2 / var)
             if not float(cov) > 0:
                 raise DegenerateSamplesError(
@@ -383,9 +402,10 @@ class EmpSDKDE(SDKDE):
         *,
         covariance: Tensor | float | None = None,
         block_size: int | None = None,
+        whitening: str = "standard",
     ):
         x = as_samples(samples)
-        plain = SDKDE(
-            x, lambda z: torch.zeros_like(z), bandwidth, covariance=covariance, block_size=block_size
-        )
-        super().__init__(x, plain.score, bandwidth, covariance=covariance, block_size=block_size)
+        kwargs = dict(covariance=covariance, block_size=block_size, whitening=whitening)
+        with quiet_outliers():  # the estimator itself checks the same samples
+            plain = SDKDE(x, lambda z: torch.zeros_like(z), bandwidth, **kwargs)
+        super().__init__(x, plain.score, bandwidth, **kwargs)

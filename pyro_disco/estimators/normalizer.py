@@ -28,6 +28,7 @@ from torch import Tensor
 from pyro_disco.estimators.base import Estimator
 from pyro_disco.estimators.kde import GaussianKDE
 from pyro_disco.estimators.mixture import GaussianMixtureEstimator
+from pyro_disco.estimators.whitening import fit_whitening, quiet_outliers, robust_covariance
 
 __all__ = ["LogNormalizer", "log_normalizer"]
 
@@ -48,14 +49,21 @@ def log_normalizer(
     *,
     num_draws: int = 4096,
     generator: torch.Generator | None = None,
+    whitening: str = "standard",
 ) -> LogNormalizer:
     """Importance-sampling estimate of :math:`\\log\\int \\exp(\\text{estimator.logdensity})` for
-    an estimator built on ``samples`` ``(n, d)`` (see the module docstring)."""
+    an estimator built on ``samples`` ``(n, d)`` (see the module docstring). With
+    ``whitening="robust"`` the proposal's parts take the samples' robust location and scatter
+    (:mod:`pyro_disco.estimators.whitening`), as the estimator did."""
     x = samples.detach().double()
     n, d = x.shape
-    gmm = GaussianMixtureEstimator(x)
-    kde = GaussianKDE(x)
-    mean, cov = x.mean(0), torch.cov(x.T).reshape(d, d)
+    with quiet_outliers():  # the estimator warned about these samples already
+        gmm = GaussianMixtureEstimator(x, whitening=whitening)
+        kde = GaussianKDE(x, whitening=whitening)
+    if whitening == "robust":
+        mean, cov = fit_whitening(x, whitening).mean, robust_covariance(x)
+    else:
+        mean, cov = x.mean(0), torch.cov(x.T).reshape(d, d)
     wide = torch.distributions.MultivariateNormal(mean, covariance_matrix=2.25 * cov)
     kernel_chol = torch.linalg.cholesky(cov * kde.bandwidth**2)
     per = num_draws // 3

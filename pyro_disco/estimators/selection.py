@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from pyro_disco.estimators.base import Estimator
+from pyro_disco.estimators.whitening import quiet_outliers
 
 __all__ = ["hyvarinen_terms", "select_estimator", "Selection"]
 
@@ -122,7 +123,8 @@ def select_estimator(
             if name not in alive:
                 continue
             try:
-                est = candidates[name](samples[train])
+                with quiet_outliers():  # the refit on all samples warns once
+                    est = candidates[name](samples[train])
             except ValueError:
                 alive.discard(name)
                 continue

@@ -28,7 +28,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from pyro_disco._validation import as_samples
 from pyro_disco.estimators.base import SampleEstimator
 from pyro_disco.estimators.normalizer import LogNormalizer, log_normalizer
-from pyro_disco.estimators.whitening import fit_whitening
+from pyro_disco.estimators.whitening import fit_whitening, warn_if_outliers
 from pyro_disco.nn.discoformer import DiScoFormer
 from pyro_disco.nn.universal import UniversalDiScoFormer
 
@@ -76,6 +76,15 @@ class DiScoFormerEstimator(SampleEstimator):
             samples gets a log-normaliser that differs by Monte Carlo error (about
             ``normalization.std_error``): the log-density is equivariant up to that constant,
             the score exactly. ``False`` gives the raw network, exactly equivariant.
+        whitening: ``"standard"`` (default: the samples' mean and covariance) or ``"robust"``
+            (a robust location and scatter that give far outliers no weight, see
+            :mod:`pyro_disco.estimators.whitening`). With ``"standard"``, samples whose standard
+            deviation in some direction exceeds 10 robust scales raise an
+            :class:`~pyro_disco._validation.OutlierWarning` that names this option.
+
+    Raises:
+        DegenerateSamplesError: the samples are degenerate (see the whitening).
+        ValueError: ``block_size`` or ``query_block`` is not a positive int.
 
     The score at the samples themselves is free (the context tokens' own outputs) and is
     returned when ``score`` is called with the very ``samples`` tensor.
@@ -90,9 +99,13 @@ class DiScoFormerEstimator(SampleEstimator):
         query_block: int = 8192,
         far_field: bool = True,
         normalize: bool = True,
+        whitening: str = "standard",
     ):
         x = as_samples(samples)
         model.check_dim(x.shape[1])
+        for label, value in (("block_size", block_size), ("query_block", query_block)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{label} must be a positive int (queries or rows per block), got {value!r}")
         param = next(model.parameters())
         if param.device != x.device:
             model = copy.deepcopy(model).to(x.device)
@@ -101,7 +114,10 @@ class DiScoFormerEstimator(SampleEstimator):
         self.num_samples = x.shape[0]
         self.block_size, self.query_block = block_size, query_block
         self._net_dtype = param.dtype
-        self.whitening = fit_whitening(x.detach())
+        self.whitening_method = whitening
+        self.whitening = fit_whitening(x.detach(), whitening)
+        if whitening == "standard":
+            warn_if_outliers(x, self.whitening)
         self._context = self.whitening.apply(x.detach()).to(self._net_dtype).unsqueeze(0)  # 1 n d
         model.eval()
         with torch.no_grad():
@@ -126,7 +142,7 @@ class DiScoFormerEstimator(SampleEstimator):
         if self._normalize and self._normalization is None:
             raw = _RawLogdensity(self)
             self._normalization = log_normalizer(
-                raw, self.samples, generator=torch.Generator().manual_seed(0)
+                raw, self.samples, generator=torch.Generator().manual_seed(0), whitening=self.whitening_method
             )
         return self._normalization
 
@@ -229,6 +245,7 @@ class DiScoFormerEstimator(SampleEstimator):
             query_block=self.query_block,
             far_field=math.isfinite(self.tail_radii[0]),
             normalize=self._normalize,
+            whitening=self.whitening_method,
         )
         adapted.adaptation_losses = losses
         return adapted
