@@ -49,7 +49,7 @@ import torch
 from torch.distributions import Independent, Laplace, StudentT
 
 from pyro_disco import build_estimator
-from pyro_disco.estimators.kde import GaussianKDE
+from pyro_disco.estimators.kde import GaussianKDE, bandwidth_factor
 from pyro_disco.estimators.mixture import GaussianMixtureEstimator
 from pyro_disco.metrics import logdensity_mse, relative_score_error
 from pyro_disco.targets import ExactDistribution, GaussianMixture
@@ -107,7 +107,7 @@ GRID = torch.logspace(math.log10(0.05), math.log10(2.0), 12).tolist()
 def cv_kde(x: torch.Tensor, seed: int = 0):
     """Gaussian KDE with factor chosen by 2-fold held-out log-likelihood (see module docstring)."""
     n, d = x.shape
-    scott = n ** (-1.0 / (d + 4))
+    scott = bandwidth_factor("scott", n, d)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     a, b = x[perm[: n // 2]], x[perm[n // 2 :]]
     best = None

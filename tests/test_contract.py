@@ -74,32 +74,29 @@ def _target(name: str, d: int, dtype: torch.dtype):
 # ------------------------------------------------------------------ shapes and dtypes
 
 
+def _check_shapes(obj, d: int, batch_shapes: list[tuple[int, ...]]) -> None:
+    """``(...)`` log-densities and ``(..., d)`` scores, finite, the same from the joint call
+    (to round-off: an estimator may share work between the two)."""
+    assert obj.dim == d
+    for batch in batch_shapes:
+        y = _queries(batch, d, F64)
+        logp, s = obj.logdensity(y), obj.score(y)
+        assert logp.shape == batch and s.shape == (*batch, d), (batch, logp.shape, s.shape)
+        assert torch.isfinite(logp).all() and torch.isfinite(s).all()
+        both = obj.logdensity_and_score(y)
+        torch.testing.assert_close(both[0], logp, **GRADIENT[F64])
+        torch.testing.assert_close(both[1], s, **GRADIENT[F64])
+
+
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("name", ESTIMATORS)
 def test_estimator_output_shapes(name, d):
-    est = _estimator(name, d, F64)
-    assert est.dim == d
-    for batch in BATCH_SHAPES:
-        y = _queries(batch, d, F64)
-        logp, s = est.logdensity(y), est.score(y)
-        assert logp.shape == batch and s.shape == (*batch, d), (batch, logp.shape, s.shape)
-        both = est.logdensity_and_score(y)
-        torch.testing.assert_close(both[0], logp, **GRADIENT[F64])
-        torch.testing.assert_close(both[1], s, **GRADIENT[F64])
-        assert torch.isfinite(logp).all() and torch.isfinite(s).all()
+    _check_shapes(_estimator(name, d, F64), d, BATCH_SHAPES)
 
 
 @pytest.mark.parametrize("name, d", TARGETS)
 def test_target_output_shapes(name, d):
-    target = _target(name, d, F64)
-    assert target.dim == d
-    for batch in TARGET_BATCH_SHAPES:
-        y = _queries(batch, d, F64)
-        logp, s = target.logdensity(y), target.score(y)
-        assert logp.shape == batch and s.shape == (*batch, d), (batch, logp.shape, s.shape)
-        both = target.logdensity_and_score(y)
-        torch.testing.assert_close(both[0], logp, **SAME)
-        torch.testing.assert_close(both[1], s, **GRADIENT[F64])
+    _check_shapes(_target(name, d, F64), d, TARGET_BATCH_SHAPES)
 
 
 @pytest.mark.parametrize("query_dtype", [F32, F64])

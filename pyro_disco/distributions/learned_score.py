@@ -34,6 +34,7 @@ import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 
+from pyro_disco._stats import scott_factor, weighted_covariance
 from pyro_disco._validation import as_samples
 from pyro_disco.distributions._autograd import log_prob_with_score, score_with_jacobian
 from pyro_disco.estimators.grouped import GroupedEstimator
@@ -214,7 +215,7 @@ class LearnedScore(TorchDistribution):
         """Estimated :math:`\\log p(x)`, ``(*batch, d) -> (*batch)``; its gradient in ``x`` is
         :meth:`score` (the estimator's score head), and that gradient is differentiable again.
         Not normalised for the transformer."""
-        if self._validate_args:
+        if self._validate_args and x.numel() > 0:  # torch's support check fails on empty x
             self._validate_sample(x)
         return log_prob_with_score(self._broadcast(x), self.estimator, self._spec)
 
@@ -251,9 +252,7 @@ class LearnedScore(TorchDistribution):
                 covs.append(cov.to(xs.dtype))
                 continue
             w = ws[g] if ws is not None else torch.full_like(xs[g, :, 0], 1.0 / xs.shape[1])
-            xc = xs[g] - w @ xs[g]
-            neff = effective_sample_size(w)
-            covs.append((xc.T * w) @ xc / (1.0 - (w**2).sum()) * neff ** (-2.0 / (d + 4)))
+            covs.append(weighted_covariance(xs[g], w) * scott_factor(effective_sample_size(w), d) ** 2)
         return torch.stack(covs).reshape(*self._groups, d, d)
 
     def sample(self, sample_shape=()) -> Tensor:

@@ -22,6 +22,7 @@ import math
 import torch
 from torch import Tensor
 
+from pyro_disco._stats import weighted_covariance
 from pyro_disco._validation import DegenerateSamplesError, as_samples
 from pyro_disco.estimators.base import SampleEstimator
 from pyro_disco.estimators.kde import bandwidth_factor
@@ -96,7 +97,7 @@ class WeightedGaussianKDE(SampleEstimator):
         self._covariance_arg = covariance
         if covariance is None:
             self.bandwidth = bandwidth_factor(bandwidth, effective_sample_size(wd), d)
-            cov = (xc.T * wd) @ xc / (1.0 - (wd**2).sum()) * self.bandwidth**2
+            cov = weighted_covariance(xd, wd) * self.bandwidth**2
         else:
             self.bandwidth = None
             cov = torch.as_tensor(covariance, dtype=torch.float64, device=x.device)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "kde_features",
+    "kde_logsumexp",
     "blocked_attention",
     "mlp_head",
     "init_gates",
@@ -48,9 +49,7 @@ def kde_features(
     c_sq = context.square().sum(-1).unsqueeze(-2)  # B 1 n
     logs, scores = [], []
     for yb in y.split(block_size, dim=1):
-        sq = (yb.square().sum(-1, keepdim=True) + c_sq - 2 * yb @ context.transpose(-1, -2)).clamp_min(
-            0
-        )  # B b n
+        sq = _squared_distances(yb, context, c_sq)  # B b n
         gauss = -0.5 * yb.square().sum(-1)  # B b (the 2π terms cancel below)
         lb, sb = [], []
         for h in bandwidths:
@@ -62,6 +61,24 @@ def kde_features(
         logs.append(torch.stack(lb, -1))
         scores.append(torch.stack(sb, -2))
     return torch.cat(logs, 1), torch.cat(scores, 1)
+
+
+def kde_logsumexp(y: Tensor, context: Tensor, bandwidth: float, *, block_size: int = 1024) -> Tensor:
+    r""":math:`\log \sum_i \exp(-\|y - c_i\|^2 / 2h^2)` ``(B, m)`` for ``y`` ``(B, m, d)`` and
+    ``context`` ``(B, n, d)``: an isotropic Gaussian KDE's log-density up to the constant
+    :math:`-\log n - d \log(h\sqrt{2\pi})`, with the distances of :func:`kde_features`."""
+    c_sq = context.square().sum(-1).unsqueeze(-2)  # B 1 n
+    out = [
+        torch.logsumexp(-0.5 * _squared_distances(yb, context, c_sq) / bandwidth**2, dim=-1)  # B b
+        for yb in y.split(block_size, dim=1)
+    ]
+    return torch.cat(out, dim=1)
+
+
+def _squared_distances(y: Tensor, context: Tensor, c_sq: Tensor) -> Tensor:
+    """``(B, m, n)`` squared distances from ``y`` ``(B, m, d)`` to ``context`` ``(B, n, d)``, whose
+    squared norms ``c_sq`` ``(B, 1, n)`` are given: by inner products (equivariant), floored at 0."""
+    return (y.square().sum(-1, keepdim=True) + c_sq - 2 * y @ context.transpose(-1, -2)).clamp_min(0)
 
 
 def blocked_attention(

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pyro_disco._stats import scott_factor
 from pyro_disco.nn.common import (
     blocked_attention,
     gated_sum,
@@ -146,7 +147,7 @@ class DiScoFormer(nn.Module):
             )
 
     def _bandwidths(self, n: int) -> list[float]:
-        scott = n ** (-1.0 / (self.config.dim + 4))
+        scott = scott_factor(n, self.config.dim)
         return [c * scott for c in self.config.kde_features]
 
     def _tokens(self, y: Tensor, features: tuple[Tensor, Tensor] | None) -> Tensor:

@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor
 
+from pyro_disco.pde.diagnostics import covariance as particle_covariance
 from pyro_disco.pde.problems import FokkerPlanck, Landau
 from pyro_disco.targets import GaussianMixture
 
@@ -266,9 +267,7 @@ class MaxwellRelaxation:
     @classmethod
     def from_particles(cls, problem: Landau, particles: Tensor) -> MaxwellRelaxation:
         """The law started from the particles' own (1/n) covariance and mean."""
-        m = particles.mean(0)
-        xc = particles - m
-        return cls(problem, xc.T @ xc / particles.shape[0], m)
+        return cls(problem, particle_covariance(particles), particles.mean(0))
 
     def mean(self, t: float) -> Tensor:
         return self.initial_mean
