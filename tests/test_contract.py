@@ -224,14 +224,7 @@ def test_estimator_repr_names_its_kind_and_size(name):
     assert text.startswith(type(est).__name__ + "(") and "d=3" in text and f"n={N}" in text, text
 
 
-PICKLE_BUG = pytest.mark.xfail(
-    strict=True, raises=AttributeError, reason="EmpSDKDE builds its plain KDE with a lambda: it cannot pickle"
-)
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=PICKLE_BUG) if n == "emp-sdkde" else n for n in ESTIMATORS]
-)
+@pytest.mark.parametrize("name", ESTIMATORS)
 def test_estimator_pickles_to_the_same_answers(name):
     est = _estimator(name, 3, F64)
     again = pickle.loads(pickle.dumps(est))

@@ -31,6 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from pyro_disco._stats import scott_factor
 from pyro_disco._validation import DegenerateSamplesError, as_samples
 from pyro_disco.estimators.base import SampleEstimator, ScoreLike, as_score_fn
 from pyro_disco.estimators.whitening import (
@@ -58,7 +59,7 @@ def bandwidth_factor(rule: str | float, n: int, d: int) -> float:
             raise ValueError(f"bandwidth factor must be positive and finite, got {rule}")
         return float(rule)
     if rule == "scott":
-        return n ** (-1.0 / (d + 4))
+        return scott_factor(n, d)
     if rule == "silverman":
         return (n * (d + 2) / 4.0) ** (-1.0 / (d + 4))
     if rule == "sd":
@@ -407,5 +408,6 @@ class EmpSDKDE(SDKDE):
         x = as_samples(samples)
         kwargs = dict(covariance=covariance, block_size=block_size, whitening=whitening)
         with quiet_outliers():  # the estimator itself checks the same samples
-            plain = SDKDE(x, lambda z: torch.zeros_like(z), bandwidth, **kwargs)
+            # a zero shift, the plain KDE (a named function, so that the estimator pickles)
+            plain = SDKDE(x, torch.zeros_like, bandwidth, **kwargs)
         super().__init__(x, plain.score, bandwidth, **kwargs)
