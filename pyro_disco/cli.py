@@ -73,6 +73,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "kde_features": args.kde_features,
             "head_dim": args.head_dim,
             "mixture_components": args.mixture_components,
+            "mixture_shrinkage": args.mixture_shrinkage,
+            "mixture_split_init": True if args.mixture_split_init else None,
         }.items()
         if v is not None
     }
@@ -266,6 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="universal arch: feed the BIC Gaussian mixture (EM, k <= this) and start as it",
+    )
+    p.add_argument(
+        "--mixture-shrinkage",
+        type=float,
+        default=None,
+        help="with --mixture-components: the EM's covariance shrinkage (GaussianMixtureEstimator's is 0.2)",
+    )
+    p.add_argument(
+        "--mixture-split-init",
+        action="store_true",
+        help="with --mixture-components: a second EM start per k, splitting the widest component",
     )
     p.add_argument(
         "--init-from",

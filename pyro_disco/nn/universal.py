@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pyro_disco._stats import scott_factor
 from pyro_disco.nn.common import (
     blocked_attention,
     gated_sum,
@@ -74,6 +75,7 @@ class UniversalConfig:
     # feature column beside the KDEs, and the untrained network *is* that mixture (see _features)
     mixture_components: int = 0
     mixture_shrinkage: float = 0.0  # the EM's covariance shrinkage (nn.em.fit_gaussian_mixtures)
+    mixture_split_init: bool = False  # the EM's second, split start per k (nn.em.fit_gaussian_mixtures)
     arch: str = "universal"
 
     def __post_init__(self):
@@ -215,10 +217,6 @@ class UniversalDiScoFormer(nn.Module):
                 f"d={dim}; use estimator='kde' (Gaussian KDE) for higher dimensions"
             )
 
-    @staticmethod
-    def _scott(n: int, d: int) -> float:
-        return n ** (-1.0 / (d + 4))
-
     def _inputs(self, y: Tensor, n: int, features: tuple[Tensor, Tensor]) -> Tensor:
         """Invariant input features of tokens at ``y`` ``(B, m, d)``."""
         d = y.shape[-1]
@@ -242,7 +240,7 @@ class UniversalDiScoFormer(nn.Module):
         """KDE corrections over the standard normal ``(B, m, K)``, ``(B, m, K, d)``, with the
         mixture's corrections appended as one more column when it is given."""
         n, d = context.shape[-2:]
-        scott = self._scott(n, d)
+        scott = scott_factor(n, d)
         return self._append_mixture(
             y, kde_features(y, context, [c * scott for c in self.config.kde_features]), mixture
         )
@@ -272,6 +270,7 @@ class UniversalDiScoFormer(nn.Module):
                 num_iters=30,
                 logdensity=rank,
                 shrinkage=self.config.mixture_shrinkage,
+                split_init=self.config.mixture_split_init,
             )
         return bic_mixture(fits)
 
@@ -289,7 +288,7 @@ class UniversalDiScoFormer(nn.Module):
         """Run the encoder over whitened samples ``(B, n, d)``."""
         n, d = context.shape[-2:]
         self.check_dim(d)
-        scott = self._scott(n, d)
+        scott = scott_factor(n, d)
         kde = self._features(context, context, None)
         mixture = self._fit_mixture(context, kde[0])
         features = self._append_mixture(context, kde, mixture)
@@ -313,7 +312,7 @@ class UniversalDiScoFormer(nn.Module):
         n, d = context.shape[-2:]
         if y.shape[-1] != d:
             raise ValueError(f"queries have d={y.shape[-1]} but the context has d={d}")
-        scott = self._scott(n, d)
+        scott = scott_factor(n, d)
         features = self._features(y, context, encoded.mixture)
         g = self.embed(self._inputs(y, n, features))
         messages = []

@@ -310,7 +310,8 @@ def _warm_start(cfg: TrainConfig) -> UniversalDiScoFormer:
         raise ValueError(
             f"init_from {cfg.init_from!r} covers d <= {old.config.max_dim}, the run d <= {cfg.dim}"
         )
-    model = warm_start_mixture(old, cfg.model["mixture_components"], blend=cfg.init_blend)
+    options = {k: v for k, v in cfg.model.items() if k.startswith("mixture_") and k != "mixture_components"}
+    model = warm_start_mixture(old, cfg.model["mixture_components"], blend=cfg.init_blend, **options)
     if model.config != cfg.model_config():
         raise ValueError(
             f"init_from {cfg.init_from!r} has a different architecture from the run: "

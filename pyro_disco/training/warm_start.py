@@ -61,11 +61,12 @@ def embedding_column_map(num_kde: int) -> list[int]:
 
 @torch.no_grad()
 def warm_start_mixture(
-    old: UniversalDiScoFormer, mixture_components: int, *, blend: float = 1.0
+    old: UniversalDiScoFormer, mixture_components: int, *, blend: float = 1.0, **mixture_options
 ) -> UniversalDiScoFormer:
     """A new trainable :class:`UniversalDiScoFormer` with ``mixture_components`` that starts
     from ``old`` (a universal network without the mixture column), as the module docstring
-    says. ``old`` is not modified."""
+    says; ``mixture_options`` are the other ``mixture_*`` fields of
+    :class:`~pyro_disco.nn.universal.UniversalConfig`. ``old`` is not modified."""
     if not isinstance(old, UniversalDiScoFormer):
         raise TypeError(f"warm start needs a universal DiScoFormer, got {type(old).__name__}")
     if old.config.mixture_components:
@@ -74,7 +75,7 @@ def warm_start_mixture(
         raise ValueError(f"mixture_components must be >= 1, got {mixture_components}")
     if not 0.0 <= blend <= 1.0:
         raise ValueError(f"blend must be in [0, 1], got {blend}")
-    cfg: UniversalConfig = replace(old.config, mixture_components=mixture_components)
+    cfg: UniversalConfig = replace(old.config, mixture_components=mixture_components, **mixture_options)
     new = UniversalDiScoFormer(cfg)
     src = {k: v.detach().clone().float() for k, v in old.state_dict().items()}
     dst = new.state_dict()
