@@ -21,26 +21,36 @@ query's dtype and device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from pyro_disco.estimators.base import Estimator
 
 __all__ = ["log_prob_with_score", "score_with_jacobian"]
 
+Spec = tuple[torch.dtype, torch.device]  # the estimator's (dtype, device)
+InDims = tuple[int | None, ...]  # torch.func.vmap's batched dimension of each argument
 
-def log_prob_with_score(x: Tensor, estimator, spec: tuple[torch.dtype, torch.device]) -> Tensor:
+
+def log_prob_with_score(x: Tensor, estimator: Estimator, spec: Spec) -> Tensor:
     """``(..., d) -> (...)``: the estimator's log-density, with the score head as its gradient.
     ``spec`` is the estimator's ``(dtype, device)``."""
     return _LogProb.apply(x, estimator, spec)[0]
 
 
-def score_with_jacobian(x: Tensor, estimator, spec: tuple[torch.dtype, torch.device]) -> Tensor:
+def score_with_jacobian(x: Tensor, estimator: Estimator, spec: Spec) -> Tensor:
     """``(..., d) -> (..., d)``: the score head, differentiable in ``x``."""
     return _Score.apply(x, estimator, spec)
 
 
-def _eval(estimator, x: Tensor, spec, score_only: bool = False):
+def _eval(
+    estimator: Estimator, x: Tensor, spec: Spec, score_only: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
     """The estimator at ``x`` moved to ``spec``; results moved back to ``x``'s dtype and device."""
     dtype, device = spec
     xq = x.to(device=device, dtype=dtype)
@@ -53,7 +63,7 @@ def _eval(estimator, x: Tensor, spec, score_only: bool = False):
     return logp.to(device=x.device, dtype=x.dtype), score.to(device=x.device, dtype=x.dtype)
 
 
-def _batch_rule(fn, in_dims, *tensors):
+def _batch_rule(fn: Callable[..., Any], in_dims: InDims, *tensors: Tensor) -> Any:
     """A ``torch.func.vmap`` rule: the estimators take any leading batch shape, so move the
     vmapped dimension of every tensor argument to the front (expanding unbatched ones)."""
     size = next(t.shape[d] for t, d in zip(tensors, in_dims) if d is not None)
@@ -67,26 +77,28 @@ class _LogProb(torch.autograd.Function):
     score head's Jacobian."""
 
     @staticmethod
-    def forward(x: Tensor, estimator, spec) -> tuple[Tensor, Tensor]:
+    def forward(x: Tensor, estimator: Estimator, spec: Spec) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             return _eval(estimator, x.detach(), spec)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
+    def setup_context(ctx: FunctionCtx, inputs: tuple[Any, ...], output: Any) -> None:
         x, estimator, spec = inputs
         ctx.mark_non_differentiable(output[1])
         ctx.save_for_backward(x, output[1])
         ctx.estimator, ctx.spec = estimator, spec
 
     @staticmethod
-    def backward(ctx, grad_logp: Tensor, _grad_score):
+    def backward(
+        ctx: FunctionCtx, grad_logp: Tensor, _grad_score: Tensor | None
+    ) -> tuple[Tensor, None, None]:
         x, score = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: the score needs a graph of its own
             score = _Score.apply(x, ctx.estimator, ctx.spec)
         return grad_logp.unsqueeze(-1) * score, None, None
 
     @staticmethod
-    def vmap(info, in_dims, x, estimator, spec):
+    def vmap(info: Any, in_dims: InDims, x: Tensor, estimator: Estimator, spec: Spec) -> tuple[Any, Any]:
         out = _batch_rule(lambda x: _LogProb.apply(x, estimator, spec), in_dims[:1], x)
         return out, (0, 0)
 
@@ -95,27 +107,29 @@ class _Score(torch.autograd.Function):
     """Value: the score head; vector-Jacobian product: by recomputation (:class:`_ScoreVJP`)."""
 
     @staticmethod
-    def forward(x: Tensor, estimator, spec) -> Tensor:
+    def forward(x: Tensor, estimator: Estimator, spec: Spec) -> Tensor:
         with torch.no_grad():
             return _eval(estimator, x.detach(), spec, score_only=True)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
+    def setup_context(ctx: FunctionCtx, inputs: tuple[Any, ...], output: Any) -> None:
         x, estimator, spec = inputs
         ctx.save_for_backward(x)
         ctx.estimator, ctx.spec = estimator, spec
 
     @staticmethod
-    def backward(ctx, grad_score: Tensor):
+    def backward(ctx: FunctionCtx, grad_score: Tensor) -> tuple[Tensor, None, None]:
         (x,) = ctx.saved_tensors
         return _ScoreVJP.apply(x, grad_score, ctx.estimator, ctx.spec), None, None
 
     @staticmethod
-    def vmap(info, in_dims, x, estimator, spec):
+    def vmap(info: Any, in_dims: InDims, x: Tensor, estimator: Estimator, spec: Spec) -> tuple[Any, Any]:
         return _batch_rule(lambda x: _Score.apply(x, estimator, spec), in_dims[:1], x), 0
 
 
-def _score_vjp(x: Tensor, v: Tensor, estimator, spec, create_graph: bool):
+def _score_vjp(
+    x: Tensor, v: Tensor, estimator: Estimator, spec: Spec, create_graph: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(x, v) -> (xr, vr, vᵀ ∂s/∂x)`` on plain tensors (queries are independent, so one
     backward gives every row's product). The math attention kernel has a double backward."""
     xr = x.detach().requires_grad_(True)
@@ -131,18 +145,18 @@ class _ScoreVJP(torch.autograd.Function):
     of ``log_prob``) by double backward. A fourth derivative raises."""
 
     @staticmethod
-    def forward(x: Tensor, v: Tensor, estimator, spec) -> Tensor:
+    def forward(x: Tensor, v: Tensor, estimator: Estimator, spec: Spec) -> Tensor:
         return _score_vjp(x, v, estimator, spec, create_graph=False)[2]
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
+    def setup_context(ctx: FunctionCtx, inputs: tuple[Any, ...], output: Any) -> None:
         x, v, estimator, spec = inputs
         ctx.save_for_backward(x, v)
         ctx.estimator, ctx.spec = estimator, spec
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: Tensor):
+    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor, Tensor | None, None, None]:
         x, v = ctx.saved_tensors
         xr, vr, out = _score_vjp(x, v, ctx.estimator, ctx.spec, create_graph=True)
         with torch.enable_grad():
@@ -151,5 +165,7 @@ class _ScoreVJP(torch.autograd.Function):
         return gx, gv, None, None
 
     @staticmethod
-    def vmap(info, in_dims, x, v, estimator, spec):
+    def vmap(
+        info: Any, in_dims: InDims, x: Tensor, v: Tensor, estimator: Estimator, spec: Spec
+    ) -> tuple[Tensor, int]:
         return _batch_rule(lambda x, v: _ScoreVJP.apply(x, v, estimator, spec), in_dims[:2], x, v), 0

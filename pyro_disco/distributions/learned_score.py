@@ -29,14 +29,18 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
+from numpy.typing import ArrayLike
 from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 
 from pyro_disco._stats import scott_factor, weighted_covariance
 from pyro_disco._validation import as_samples
 from pyro_disco.distributions._autograd import log_prob_with_score, score_with_jacobian
+from pyro_disco.estimators.base import Estimator
 from pyro_disco.estimators.grouped import GroupedEstimator
 from pyro_disco.estimators.weighted import WeightedGaussianKDE, effective_sample_size, resample
 from pyro_disco.factory import resolve_estimator
@@ -47,7 +51,7 @@ __all__ = ["LearnedScore"]
 _WEIGHTED = ("auto", "kde", "silverman-kde", "transformer")
 
 
-def _as_draws(samples) -> Tensor:
+def _as_draws(samples: Tensor | ArrayLike) -> Tensor:
     """``(n,)`` -> ``(n, 1)`` (the only reading of a vector of draws); ``(*groups, n, d)`` kept."""
     x = samples if isinstance(samples, Tensor) else torch.as_tensor(samples)
     if x.dim() == 1:
@@ -103,14 +107,14 @@ class LearnedScore(TorchDistribution):
     def __init__(
         self,
         samples: Tensor,
-        estimator="auto",
+        estimator: str | Estimator = "auto",
         *,
-        weights=None,
+        weights: Tensor | ArrayLike | None = None,
         adapt_steps: int = 0,
         generator: torch.Generator | None = None,
-        validate_args=None,
-        **estimator_kwargs,
-    ):
+        validate_args: bool | None = None,
+        **estimator_kwargs: Any,
+    ) -> None:
         samples = _as_draws(samples)
         groups, (n, d) = samples.shape[:-2], samples.shape[-2:]
         if weights is not None:
@@ -134,7 +138,16 @@ class LearnedScore(TorchDistribution):
         super().__init__(groups, torch.Size([d]), validate_args=validate_args)
 
     @classmethod
-    def _build(cls, x: Tensor, w, estimator, *, adapt_steps, generator, **kwargs):
+    def _build(
+        cls,
+        x: Tensor,
+        w: Tensor | None,
+        estimator: str | Estimator,
+        *,
+        adapt_steps: int,
+        generator: torch.Generator | None,
+        **kwargs: Any,
+    ) -> tuple[Estimator, str]:
         x = as_samples(x)
         if w is None:
             est, name = resolve_estimator(x.detach(), estimator, **kwargs)
@@ -153,7 +166,7 @@ class LearnedScore(TorchDistribution):
             est = cls._adapted(est, adapt_steps)
         return est, name
 
-    def _set(self, samples: Tensor, weights, estimator, name: str) -> None:
+    def _set(self, samples: Tensor, weights: Tensor | None, estimator: Estimator, name: str) -> None:
         self.samples, self.weights, self.estimator, self.estimator_name = samples, weights, estimator, name
         self.dim = samples.shape[-1]
         self._spec = (
@@ -165,7 +178,9 @@ class LearnedScore(TorchDistribution):
     def _groups(self) -> torch.Size:
         return self.samples.shape[:-2]
 
-    def _copy(self, estimator, batch_shape, _instance=None) -> LearnedScore:
+    def _copy(
+        self, estimator: Estimator, batch_shape: Sequence[int], _instance: LearnedScore | None = None
+    ) -> LearnedScore:
         new = self._get_checked_instance(LearnedScore, _instance)
         new._set(self.samples, self.weights, estimator, self.estimator_name)
         TorchDistribution.__init__(new, torch.Size(batch_shape), self.event_shape, validate_args=False)
@@ -173,7 +188,7 @@ class LearnedScore(TorchDistribution):
         return new
 
     @staticmethod
-    def _adapted(estimator, num_steps: int):
+    def _adapted(estimator: Estimator, num_steps: int) -> Estimator:
         if not isinstance(num_steps, int) or num_steps < 0:
             raise ValueError(f"adapt_steps must be a non-negative int, got {num_steps!r}")
         if not callable(getattr(estimator, "adapt", None)):
@@ -189,7 +204,7 @@ class LearnedScore(TorchDistribution):
             return self._copy(GroupedEstimator(ests, self._groups), self.batch_shape)
         return self._copy(self._adapted(self.estimator, num_steps), self.batch_shape)
 
-    def expand(self, batch_shape, _instance=None) -> LearnedScore:
+    def expand(self, batch_shape: Sequence[int], _instance: LearnedScore | None = None) -> LearnedScore:
         batch_shape = torch.Size(batch_shape)
         if any(b < 0 for b in batch_shape):
             raise ValueError(f"batch_shape must have non-negative sizes, got {tuple(batch_shape)}")
@@ -255,7 +270,7 @@ class LearnedScore(TorchDistribution):
             covs.append(weighted_covariance(xs[g], w) * scott_factor(effective_sample_size(w), d) ** 2)
         return torch.stack(covs).reshape(*self._groups, d, d)
 
-    def sample(self, sample_shape=()) -> Tensor:
+    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         """A *smoothed bootstrap*: pick stored samples with replacement (uniformly, or by
         ``weights``) and add Gaussian jitter with covariance :meth:`kernel_covariance`. For
         ``estimator="kde"`` this is an exact draw from the (weighted) KDE; for other estimators

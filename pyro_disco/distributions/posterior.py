@@ -29,15 +29,18 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import pyro
 import torch
+from numpy.typing import ArrayLike
 from pyro import poutine
 from pyro.distributions.transforms import biject_to
 from torch import Tensor
 
 from pyro_disco.distributions.learned_score import LearnedScore
+from pyro_disco.estimators.base import Estimator
 
 __all__ = ["posterior_prior", "PosteriorPrior", "SiteMap"]
 
@@ -62,7 +65,7 @@ class PosteriorPrior:
         sites: one :class:`SiteMap` per site, in column order.
     """
 
-    def __init__(self, prior: LearnedScore, sites: list[SiteMap]):
+    def __init__(self, prior: LearnedScore, sites: list[SiteMap]) -> None:
         self.prior, self.sites = prior, sites
         self.dim = sites[-1].stop if sites else 0
 
@@ -123,13 +126,13 @@ class PosteriorPrior:
 
 def posterior_prior(
     samples: dict[str, Tensor],
-    model,
-    *model_args,
+    model: Callable[..., Any],
+    *model_args: Any,
     sites: list[str] | None = None,
-    estimator="auto",
-    weights=None,
+    estimator: str | Estimator = "auto",
+    weights: Tensor | ArrayLike | None = None,
     model_kwargs: dict | None = None,
-    **learned_score_kwargs,
+    **learned_score_kwargs: Any,
 ) -> PosteriorPrior:
     """A joint prior on the unconstrained space of ``model``'s latent sites, from their draws.
 
