@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import importlib
 import warnings
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
+from pyro.infer import MCMC
 from torch import Tensor
 
 __all__ = ["arviz_major_version", "to_inference_data", "from_mcmc", "from_particles", "ess_rhat"]
 
 
-def _arviz():
+def _arviz() -> ModuleType:
     try:
         return importlib.import_module("arviz")
     except ImportError as exc:
@@ -44,11 +48,11 @@ def arviz_major_version() -> int | None:
     return int(str(az.__version__).split(".")[0])
 
 
-def _numpy(x) -> np.ndarray:
+def _numpy(x: Tensor | ArrayLike) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
-def _as_group(data, var_name: str, what: str) -> dict[str, np.ndarray]:
+def _as_group(data: Tensor | ArrayLike | dict, var_name: str, what: str) -> dict[str, np.ndarray]:
     if isinstance(data, dict):
         out = {k: _numpy(v) for k, v in data.items()}
     else:
@@ -60,13 +64,13 @@ def _as_group(data, var_name: str, what: str) -> dict[str, np.ndarray]:
 
 
 def to_inference_data(
-    samples,
+    samples: Tensor | ArrayLike | dict,
     *,
     var_name: str = "x",
     sample_stats: dict | None = None,
     coords: dict | None = None,
     dims: dict | None = None,
-):
+) -> Any:  # arviz.InferenceData (0.x) or xarray.DataTree (>= 1.0)
     """Chains to arviz data.
 
     Args:
@@ -97,7 +101,7 @@ def to_inference_data(
     return az.from_dict(posterior=posterior, sample_stats=stats, coords=coords, dims=dims)
 
 
-def from_mcmc(mcmc, *, coords: dict | None = None, dims: dict | None = None):
+def from_mcmc(mcmc: MCMC, *, coords: dict | None = None, dims: dict | None = None) -> Any:
     """A finished :class:`pyro.infer.MCMC` run to arviz data (no ``from_pyro`` needed).
 
     ``sample_stats`` gets ``diverging`` from the kernel's ``divergences`` diagnostics (any
@@ -120,7 +124,13 @@ def from_mcmc(mcmc, *, coords: dict | None = None, dims: dict | None = None):
     return to_inference_data(samples, sample_stats=stats or None, coords=coords, dims=dims)
 
 
-def from_particles(particles, *, var_name: str = "x", coords: dict | None = None, dims: dict | None = None):
+def from_particles(
+    particles: Tensor | ArrayLike,
+    *,
+    var_name: str = "x",
+    coords: dict | None = None,
+    dims: dict | None = None,
+) -> Any:
     """Particles to arviz data.
 
     ``(n, d)`` (a final SVGD/flow cloud) becomes one chain of ``n`` draws. A trajectory
@@ -146,13 +156,13 @@ def _pyro_ess_rhat(x: Tensor) -> dict[str, Tensor]:
     }
 
 
-def _arviz_values(result, var: str) -> np.ndarray:
+def _arviz_values(result: Any, var: str) -> np.ndarray:
     if hasattr(result, "children") and "posterior" in getattr(result, "children", {}):
         result = result["posterior"]
     return np.asarray(result[var].values)
 
 
-def ess_rhat(chains, *, backend: str = "auto") -> dict[str, Tensor]:
+def ess_rhat(chains: Tensor | ArrayLike, *, backend: str = "auto") -> dict[str, Tensor]:
     """Bulk ESS and split R-hat of ``chains`` ``(chains, draws, *shape)``, each ``(*shape)``.
 
     ``backend``: ``"arviz"``, ``"pyro"`` (:func:`pyro.ops.stats.effective_sample_size`,

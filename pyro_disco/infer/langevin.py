@@ -36,7 +36,7 @@ from pyro.ops.dual_averaging import DualAveraging
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyro_disco.estimators.base import as_score_fn
+from pyro_disco.estimators.base import ScoreLike, as_score_fn
 
 __all__ = [
     "LangevinState",
@@ -92,7 +92,7 @@ class LangevinRun(NamedTuple):
     state: LangevinState
 
 
-def logdensity_and_score_fn(target, logdensity_fn: Callable | None = None) -> Callable:
+def logdensity_and_score_fn(target: ScoreLike, logdensity_fn: Callable | None = None) -> Callable:
     """``fn(x) -> (logdensity (...), score (..., d))`` from an estimator, or from a
     ``score_fn`` plus a ``logdensity_fn``."""
     if logdensity_fn is None:
@@ -139,7 +139,9 @@ def init(
     return LangevinState(position, logp, _checked_score(score_fn(position), position))
 
 
-def _propose(state: LangevinState, step_size: float, generator) -> tuple[Tensor, Tensor]:
+def _propose(
+    state: LangevinState, step_size: float, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
     x = state.position
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     proposal = x + step_size * state.score + math.sqrt(2.0 * step_size) * noise
@@ -225,7 +227,7 @@ def step_size_update(
 
 def run(
     position: Tensor,
-    target,
+    target: ScoreLike,
     step_size: float,
     num_steps: int,
     *,

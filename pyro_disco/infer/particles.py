@@ -34,7 +34,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyro_disco.estimators.base import as_score_fn
+from pyro_disco.estimators.base import ScoreLike, as_score_fn
+from pyro_disco.estimators.kde import GaussianKDE
 
 __all__ = ["FlowState", "FlowInfo", "FlowRun", "flow_init", "flow_step", "flow_run", "kde_factory"]
 
@@ -62,10 +63,8 @@ class FlowRun(NamedTuple):
     info: FlowInfo
 
 
-def kde_factory(particles: Tensor):
+def kde_factory(particles: Tensor) -> GaussianKDE:
     """The default estimator factory: Gaussian KDE with Scott's bandwidth (the blob method)."""
-    from pyro_disco.estimators.kde import GaussianKDE
-
     return GaussianKDE(particles)
 
 
@@ -77,7 +76,7 @@ def flow_init(particles: Tensor) -> FlowState:
 
 
 def flow_step(
-    state: FlowState, target_score, step_size: float, estimator_fn: Callable = kde_factory
+    state: FlowState, target_score: ScoreLike, step_size: float, estimator_fn: Callable = kde_factory
 ) -> tuple[FlowState, FlowInfo]:
     """One Euler step :math:`x \\mathrel{+}= h(\\nabla\\log\\pi(x) - \\widehat{\\nabla\\log\\rho}(x))`,
     with :math:`\\widehat{\\nabla\\log\\rho}` from ``estimator_fn(particles)``."""
@@ -93,7 +92,7 @@ def flow_step(
 
 def flow_run(
     particles: Tensor,
-    target_score,
+    target_score: ScoreLike,
     estimator_fn: Callable = kde_factory,
     step_size: float = 0.05,
     num_steps: int = 100,

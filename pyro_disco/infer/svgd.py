@@ -33,10 +33,11 @@ import pyro
 import torch
 from pyro.infer.svgd import SteinKernel
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
-from pyro_disco.estimators.base import as_score_fn
+from pyro_disco.estimators.base import ScoreLike, as_score_fn
 from pyro_disco.kernels import RBF, RadialKernel
 
 __all__ = [
@@ -92,7 +93,7 @@ def _bandwidth(kernel: RadialKernel, x: Tensor, rule: str) -> Tensor:
 
 def svgd_direction(
     particles: Tensor,
-    score,
+    score: ScoreLike,
     kernel: RadialKernel | SteinKernel | None = None,
     *,
     bandwidth_rule: str = "median",
@@ -131,6 +132,7 @@ def svgd_direction(
             f"kernel must be a pyro_disco RBF/IMQ or a Pyro SteinKernel, got {type(kernel).__name__}"
         )
     h = _bandwidth(kernel, x, bandwidth_rule)
+    x = x - x.mean(0)  # phi depends on differences only; centred, cdist and repulse stay accurate
     k, dk, _ = kernel.profile(torch.cdist(x, x).square(), h)  # n n, symmetric
     drive = k @ s  # sum_j k(x_j, x_i) s(x_j)
     repulse = 2.0 * (dk @ x - dk.sum(-1, keepdim=True) * x)  # sum_j 2 phi'(r_ij^2) (x_j - x_i)
@@ -147,7 +149,7 @@ def svgd_init(particles: Tensor) -> SVGDState:
 
 def svgd_step(
     state: SVGDState,
-    score,
+    score: ScoreLike,
     step_size: float,
     *,
     kernel: RadialKernel | SteinKernel | None = None,
@@ -195,7 +197,7 @@ def svgd_step(
 
 def svgd_run(
     particles: Tensor,
-    score,
+    score: ScoreLike,
     step_size: float,
     num_steps: int,
     *,
@@ -226,18 +228,18 @@ class _ScoreSurrogate(torch.autograd.Function):
     """Value 0, gradient ``score_fn(x)``: a log-factor seen only through its gradient."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, score_fn: Callable) -> Tensor:
+    def forward(ctx: FunctionCtx, x: Tensor, score_fn: Callable) -> Tensor:
         ctx.save_for_backward(score_fn(x.detach()).to(x.dtype))
         return x.new_zeros(x.shape[:-1])
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_output: Tensor):
+    def backward(ctx: FunctionCtx, grad_output: Tensor) -> tuple[Tensor, None]:
         (score,) = ctx.saved_tensors
         return grad_output.unsqueeze(-1) * score, None
 
 
-def score_factor(name: str, value: Tensor, score, *, base=None) -> Tensor:
+def score_factor(name: str, value: Tensor, score: ScoreLike, *, base: Distribution | None = None) -> Tensor:
     """Add ``pyro.factor(name, ·)`` whose *gradient* in ``value`` ``(..., d)`` is ``score(value)``
     (minus the score of ``base``, the distribution the site was sampled from, when given, so that
     site + factor together have gradient ``score``).
@@ -258,7 +260,7 @@ def score_factor(name: str, value: Tensor, score, *, base=None) -> Tensor:
     if base is not None:
         target_fn = score_fn
 
-        def score_fn(x):
+        def score_fn(x: Tensor) -> Tensor:
             with torch.enable_grad():
                 xr = x.detach().requires_grad_(True)
                 (base_score,) = torch.autograd.grad(base.log_prob(xr).sum(), xr)
