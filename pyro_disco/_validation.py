@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from numpy.typing import ArrayLike
 from torch import Tensor
 
 __all__ = ["as_samples", "as_queries", "DegenerateSamplesError", "OutlierWarning"]
@@ -16,7 +17,7 @@ class DegenerateSamplesError(ValueError):
     covariance: ``whitening="robust"`` accepts them), or ``None``.
     """
 
-    def __init__(self, *args, kind: str | None = None):
+    def __init__(self, *args: object, kind: str | None = None) -> None:
         super().__init__(*args)
         self.kind = kind
 
@@ -29,7 +30,7 @@ class OutlierWarning(UserWarning):
     ``whitening="robust"``."""
 
 
-def _as_float_tensor(x, name: str) -> Tensor:
+def _as_float_tensor(x: Tensor | ArrayLike, name: str) -> Tensor:
     if not isinstance(x, Tensor):
         try:
             x = torch.as_tensor(x)
@@ -51,7 +52,7 @@ def _check_finite(x: Tensor, name: str) -> None:
         raise ValueError(f"{name} contains non-finite values (NaN or inf) in {bad} row(s)")
 
 
-def as_samples(samples, *, min_per_dim: bool = True) -> Tensor:
+def as_samples(samples: Tensor | ArrayLike, *, min_per_dim: bool = True) -> Tensor:
     """Check a sample set ``(n, d)``: floating dtype, finite, ``n > d``.
 
     Returns the same tensor (never a copy the caller could confuse with its own).
@@ -68,7 +69,7 @@ def as_samples(samples, *, min_per_dim: bool = True) -> Tensor:
     return x
 
 
-def as_queries(x, *, dim: int, dtype: torch.dtype | None = None) -> Tensor:
+def as_queries(x: Tensor | ArrayLike, *, dim: int, dtype: torch.dtype | None = None) -> Tensor:
     """Check query points ``(..., d)`` against the estimator's dimension and dtype."""
     x = _as_float_tensor(x, "x")
     if x.dim() < 1 or x.shape[-1] != dim:

@@ -31,7 +31,9 @@ def bimodal_2d(dtype: torch.dtype = torch.float64) -> GaussianMixture:
     )
 
 
-def compare(target, samples: torch.Tensor, queries: torch.Tensor, estimators: list[str]) -> list[dict]:
+def compare(
+    target: GaussianMixture, samples: torch.Tensor, queries: torch.Tensor, estimators: list[str]
+) -> list[dict]:
     """Relative score MSE and log-density MSE of each named estimator at ``queries``."""
     true_logp, true_s = target.logdensity_and_score(queries)
     rows = []
@@ -53,7 +55,7 @@ def compare(target, samples: torch.Tensor, queries: torch.Tensor, estimators: li
     return rows
 
 
-def _plot(target, samples, rows, path: Path) -> Path | None:
+def _plot(target: GaussianMixture, samples: torch.Tensor, rows: list[dict], path: Path) -> Path | None:
     try:
         import matplotlib
 

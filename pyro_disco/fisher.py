@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from pyro_disco._validation import as_samples
+from pyro_disco.estimators.base import Estimator
 from pyro_disco.estimators.kde import GaussianKDE
 
 __all__ = ["Estimate", "fisher_information", "fisher_matrix", "relative_fisher_information", "entropy"]
@@ -56,11 +57,11 @@ class Estimate(NamedTuple):
     stderr: Tensor
 
 
-def _is_built(obj) -> bool:
+def _is_built(obj: object) -> bool:
     return hasattr(obj, "score") and callable(obj.score) and not isinstance(obj, type)
 
 
-def _build(estimator: EstimatorLike, samples: Tensor, what: str):
+def _build(estimator: EstimatorLike, samples: Tensor, what: str) -> Estimator:
     """Turn ``estimator`` (built or factory) into a built estimator for ``samples``."""
     if _is_built(estimator):
         return estimator
@@ -78,7 +79,7 @@ def _build(estimator: EstimatorLike, samples: Tensor, what: str):
     return built
 
 
-def _check_dim(est, d: int) -> None:
+def _check_dim(est: Estimator, d: int) -> None:
     dim = getattr(est, "dim", None)
     if dim is not None and int(dim) != d:
         raise ValueError(f"the estimator has dimension {dim} but the samples have d = {d}")

@@ -35,7 +35,7 @@ class GaussianMixture:
         tensor([[0.9281]])
     """
 
-    def __init__(self, weights: Tensor, means: Tensor, covariances: Tensor):
+    def __init__(self, weights: Tensor, means: Tensor, covariances: Tensor) -> None:
         if means.dim() < 2 or covariances.shape[-2:] != (means.shape[-1],) * 2:
             raise ValueError("means must be (*B, k, d) and covariances (*B, k, d, d)")
         self.weights = weights / weights.sum(-1, keepdim=True)
@@ -95,7 +95,7 @@ class ExactDistribution:
         tensor([[-1.,  1.]])
     """
 
-    def __init__(self, distribution: torch.distributions.Distribution):
+    def __init__(self, distribution: torch.distributions.Distribution) -> None:
         self.distribution = distribution
         event = distribution.event_shape
         self._scalar = len(event) == 0

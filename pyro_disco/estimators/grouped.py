@@ -15,9 +15,12 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
+
+from pyro_disco.estimators.base import Estimator
 
 __all__ = ["GroupedEstimator"]
 
@@ -25,7 +28,7 @@ __all__ = ["GroupedEstimator"]
 class GroupedEstimator:
     """``estimators`` (a flat list, row-major over ``group_shape``) behind one protocol."""
 
-    def __init__(self, estimators, group_shape):
+    def __init__(self, estimators: Iterable[Estimator], group_shape: Sequence[int]) -> None:
         self.estimators = list(estimators)
         self.group_shape = torch.Size(group_shape)
         if len(self.estimators) != math.prod(self.group_shape) or not self.estimators:
@@ -66,7 +69,7 @@ class GroupedEstimator:
         return f"GroupedEstimator(groups={tuple(self.group_shape)}, first={self.estimators[0]!r})"
 
 
-def _both(est, x: Tensor) -> tuple[Tensor, Tensor]:
+def _both(est: Estimator, x: Tensor) -> tuple[Tensor, Tensor]:
     if hasattr(est, "logdensity_and_score"):
         return est.logdensity_and_score(x)
     return est.logdensity(x), est.score(x)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+from numpy.typing import ArrayLike
 from torch import Tensor
 
 from pyro_disco._stats import weighted_covariance
@@ -30,7 +31,7 @@ from pyro_disco.estimators.kde import bandwidth_factor
 __all__ = ["WeightedGaussianKDE", "normalized_weights", "effective_sample_size", "resample"]
 
 
-def normalized_weights(weights, samples: Tensor) -> Tensor:
+def normalized_weights(weights: Tensor | ArrayLike, samples: Tensor) -> Tensor:
     """Check ``weights`` ``(n,)`` against ``samples`` ``(n, d)``: finite, non-negative, not all
     zero; returned normalised to sum 1, in the samples' dtype and device."""
     w = torch.as_tensor(weights).to(dtype=samples.dtype, device=samples.device)
@@ -80,12 +81,12 @@ class WeightedGaussianKDE(SampleEstimator):
     def __init__(
         self,
         samples: Tensor,
-        weights,
+        weights: Tensor | ArrayLike,
         bandwidth: str | float = "scott",
         *,
         covariance: Tensor | None = None,
         block_size: int | None = None,
-    ):
+    ) -> None:
         x = as_samples(samples)
         n, d = x.shape
         self.samples, self.dim, self.dtype, self.device, self.num_samples = x, d, x.dtype, x.device, n

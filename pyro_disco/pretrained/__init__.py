@@ -18,6 +18,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -75,7 +76,7 @@ class RegistryError(RuntimeError):
     """The registry of shipped models is missing, unreadable or has an invalid entry."""
 
 
-def _check_entry(name: str, entry, path: Path) -> None:
+def _check_entry(name: str, entry: object, path: Path) -> None:
     if not isinstance(entry, dict):
         raise RegistryError(f"{path}: entry {name!r} must be an object, got {entry!r}")
     file = entry.get("file")
@@ -214,7 +215,7 @@ def load_model(name_or_dim: str | int) -> DiScoFormer | UniversalDiScoFormer:
     return load_weights(WEIGHTS_DIR / entry["file"], sha256=entry["sha256"])
 
 
-def pretrained_estimator(samples: Tensor, name: str | None = None, **kwargs):
+def pretrained_estimator(samples: Tensor, name: str | None = None, **kwargs: Any) -> DiScoFormerEstimator:
     """A :class:`~pyro_disco.estimators.transformer.DiScoFormerEstimator` on ``samples`` with
     the shipped model for their dimension (or the named one)."""
     x = as_samples(samples)
