@@ -32,9 +32,12 @@ __all__ = ["median_bandwidth", "RadialKernel", "RBF", "IMQ"]
 
 def median_bandwidth(x: Tensor, *, max_points: int = 2000) -> Tensor:
     """Median pairwise Euclidean distance of ``x`` ``(n, d)`` (on at most ``max_points`` rows,
-    taken evenly spaced, so it stays cheap for large ``n``). Returns a 0-dim tensor > 0."""
+    taken evenly spaced, so it stays cheap for large ``n``). Returns a 0-dim tensor > 0.
+    The points are centred first: ``cdist`` expands squared distances, which loses everything
+    to cancellation at an offset (float32 at 1e3 already)."""
     if x.shape[0] > max_points:
         x = x[torch.linspace(0, x.shape[0] - 1, max_points, device=x.device).long()]
+    x = x - x.mean(0)
     dist = torch.cdist(x, x)
     iu = torch.triu_indices(x.shape[0], x.shape[0], offset=1, device=x.device)
     med = dist[iu[0], iu[1]].median()
@@ -63,9 +66,11 @@ class RadialKernel:
         raise NotImplementedError
 
     def __call__(self, x: Tensor, y: Tensor, h: Tensor | None = None) -> Tensor:
-        """Gram matrix ``(n, m)`` of ``x`` ``(n, d)`` against ``y`` ``(m, d)``."""
+        """Gram matrix ``(n, m)`` of ``x`` ``(n, d)`` against ``y`` ``(m, d)`` (both centred on
+        ``x``'s mean first, so the distances keep their accuracy at any offset)."""
         h = self.bandwidth_for(x) if h is None else h
-        return self.profile(torch.cdist(x, y).square(), h)[0]
+        c = x.detach().mean(0)
+        return self.profile(torch.cdist(x - c, y - c).square(), h)[0]
 
 
 class RBF(RadialKernel):

@@ -199,8 +199,10 @@ def landau_velocity(
 
 def _maxwell_velocity_by_moments(v: Tensor, s: Tensor, B: float) -> Tensor:
     """The gamma = 0 velocity from moments of (v, s): expand |a-b|^2 (σ-τ) - ((a-b)·(σ-τ))(a-b)
-    over b = v_q, τ = s_q, with a = v_p, σ = s_p."""
+    over b = v_q, τ = s_q, with a = v_p, σ = s_p. The velocity depends on differences only, so
+    both are centred first: the expansion in raw moments cancels catastrophically at an offset."""
     n = v.shape[0]
+    v, s = v - v.mean(0), s - s.mean(0)
     sum_v, sum_s = v.sum(0), s.sum(0)  # d
     v2 = (v * v).sum(-1)  # n
     vs = (v * s).sum(-1)  # n

@@ -86,9 +86,20 @@ def stein_kernel(
         kernel: ``"imq"`` (default, :math:`c = 1, \beta = -1/2`), ``"rbf"`` or a
             :class:`~pyro_disco.kernels.RadialKernel`.
         bandwidth: ``h``; default: the kernel's own rule on ``x`` (median heuristic).
+
+    Both point sets are centred on ``x``'s mean first: the distances and the cross term below
+    are expanded into matrix products, which would lose everything to cancellation at an
+    offset (float32 at 1e3 already); :math:`u_q` depends on the points only through
+    :math:`x - y`, so the centring changes nothing else.
     """
     kern = _as_kernel(kernel)
     h = kern.bandwidth_for(x) if bandwidth is None else torch.as_tensor(bandwidth, dtype=x.dtype)
+    c = x.detach().mean(0)
+    return _stein_kernel_centred(x - c, y - c, score_x, score_y, kern, h)
+
+
+def _stein_kernel_centred(x: Tensor, y: Tensor, score_x: Tensor, score_y: Tensor, kern, h) -> Tensor:
+    """:func:`stein_kernel` of points already centred (near the origin)."""
     d = x.shape[-1]
     sqdist = ((x * x).sum(-1, keepdim=True) + (y * y).sum(-1) - 2.0 * x @ y.T).clamp_min(0.0)  # n m
     phi, dphi, ddphi = kern.profile(sqdist, h)
@@ -113,7 +124,7 @@ def _prepare(samples: Tensor, score: ScoreLike, kernel, bandwidth):
     h = kern.bandwidth_for(x) if bandwidth is None else torch.as_tensor(float(bandwidth), dtype=x.dtype)
     if not bool(h > 0):
         raise ValueError(f"bandwidth must be positive, got {float(h)}")
-    return x, s, kern, h
+    return x - x.mean(0), s, kern, h  # centred once: every block then forms accurate distances
 
 
 def _row_blocks(x: Tensor, s: Tensor, kern: RadialKernel, h: Tensor, block_size: int | None):
@@ -121,7 +132,7 @@ def _row_blocks(x: Tensor, s: Tensor, kern: RadialKernel, h: Tensor, block_size:
     block = block_size or max(1, _BLOCK_ELEMENTS // n)
     for start in range(0, n, block):
         stop = min(start + block, n)
-        yield start, stop, stein_kernel(x[start:stop], x, s[start:stop], s, kernel=kern, bandwidth=h)
+        yield start, stop, _stein_kernel_centred(x[start:stop], x, s[start:stop], s, kern, h)
 
 
 def stein_kernel_matrix(
@@ -133,7 +144,7 @@ def stein_kernel_matrix(
     """
     x, s, kern, h = _prepare(samples, score, kernel, bandwidth)
     with torch.no_grad():
-        return stein_kernel(x, x, s, s, kernel=kern, bandwidth=h)
+        return _stein_kernel_centred(x, x, s, s, kern, h)
 
 
 def ksd(
