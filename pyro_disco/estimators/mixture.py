@@ -88,7 +88,7 @@ class GaussianMixtureEstimator(SampleEstimator):
         num_iters: int = 60,
         tol: float = 1e-6,
         whitening: str = "standard",
-    ):
+    ) -> None:
         x = as_samples(samples)
         if max_components < 1 or (num_components is not None and num_components < 1):
             raise ValueError(

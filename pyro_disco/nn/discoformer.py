@@ -54,7 +54,7 @@ class DiScoFormerConfig:
     residual: bool = True
     kde_features: tuple[float, ...] = ()  # bandwidths (multiples of Scott's factor) of KDE input features
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.dim < 1 or self.d_model % self.num_heads:
             raise ValueError(
                 f"invalid config: dim={self.dim}, d_model={self.d_model}, heads={self.num_heads}"
@@ -82,7 +82,7 @@ class EncodedContext(NamedTuple):
 class Block(nn.Module):
     """Pre-LayerNorm transformer block; queries reuse the context's keys and values."""
 
-    def __init__(self, cfg: DiScoFormerConfig):
+    def __init__(self, cfg: DiScoFormerConfig) -> None:
         super().__init__()
         self.num_heads = cfg.num_heads
         self.ln1 = nn.LayerNorm(cfg.d_model)
@@ -121,7 +121,7 @@ class Block(nn.Module):
 class DiScoFormer(nn.Module):
     """The network on *whitened* coordinates. See the module docstring."""
 
-    def __init__(self, config: DiScoFormerConfig):
+    def __init__(self, config: DiScoFormerConfig) -> None:
         super().__init__()
         self.config = config
         k = len(config.kde_features)

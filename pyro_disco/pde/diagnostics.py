@@ -16,11 +16,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from pyro_disco.metrics import relative_error, relative_score_error
+
+
+class ExactSolution(Protocol):
+    """What :func:`record` reads of an exact solution (``BKW``, ``GaussianMixtureSolution``,
+    ``MaxwellRelaxation``); ``fourth_moment(t)`` and ``score(x, t)`` are used when present."""
+
+    def mean(self, t: float) -> Tensor: ...
+
+    def covariance(self, t: float) -> Tensor: ...
+
 
 __all__ = [
     "mean",
@@ -107,7 +118,7 @@ def record(
     t: float,
     *,
     logdensity_fn: Callable[[Tensor], Tensor] | None = None,
-    exact=None,
+    exact: ExactSolution | None = None,
 ) -> dict[str, Tensor]:
     """All diagnostics at one recorded time (``solve`` stacks them over time).
 

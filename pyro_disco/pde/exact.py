@@ -46,7 +46,7 @@ class GaussianMixtureSolution:
                 [0., 1.]])
     """
 
-    def __init__(self, problem: FokkerPlanck, initial: GaussianMixture):
+    def __init__(self, problem: FokkerPlanck, initial: GaussianMixture) -> None:
         if not isinstance(problem, FokkerPlanck) or problem.rate is None:
             raise ValueError("an exact solution needs a linear-drift FokkerPlanck (rate set): OU or heat")
         if not isinstance(initial, GaussianMixture) or initial.means.dim() != 2:
@@ -126,7 +126,7 @@ class BKW:
         6.0
     """
 
-    def __init__(self, problem: Landau, dim: int, C: float, t0: float = 0.0):
+    def __init__(self, problem: Landau, dim: int, C: float, t0: float = 0.0) -> None:
         if not isinstance(problem, Landau) or problem.gamma != 0:
             raise ValueError("BKW solves Maxwell-molecule Landau: pass Landau.maxwell(B)")
         if int(dim) < 2 or not C > 0:
@@ -221,7 +221,7 @@ class BKW:
 class _Frozen:
     """An exact solution frozen at time ``t``: ``dim``, ``logdensity(x)``, ``score(x)``, ``sample``."""
 
-    def __init__(self, solution, t: float):
+    def __init__(self, solution: BKW, t: float) -> None:
         self.solution, self.t, self.dim = solution, t, solution.dim
 
     def logdensity(self, x: Tensor) -> Tensor:
@@ -255,7 +255,7 @@ class MaxwellRelaxation:
                 [0., 1.]])
     """
 
-    def __init__(self, problem: Landau, covariance: Tensor, mean: Tensor | None = None):
+    def __init__(self, problem: Landau, covariance: Tensor, mean: Tensor | None = None) -> None:
         if not isinstance(problem, Landau) or problem.gamma != 0:
             raise ValueError("the covariance law holds for Maxwell molecules: pass Landau.maxwell(B)")
         cov = torch.as_tensor(covariance)
