@@ -11,6 +11,14 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Callable
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:  # annotations only: --help must not import torch
+    import numpy as np
+    from torch import Tensor
+
+    from pyro_disco.estimators.base import Estimator
 
 __all__ = ["main", "build_parser"]
 
@@ -27,7 +35,7 @@ _PROGRESS_CHUNK = 2048  # queries per progress-bar step
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows ``(default: ...)`` where there is a default worth showing (not None/False)."""
 
-    def _get_help_string(self, action):
+    def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
             return action.help
         return super()._get_help_string(action)
@@ -109,7 +117,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_points(path: str, what: str):
+def _read_points(path: str, what: str) -> Tensor:
     """User arrays ``(n, d)``: .npy (never unpickled), or text/CSV with one point per row; a
     non-numeric first row (a CSV header) is skipped. Raises :class:`UsageError`."""
     import numpy as np
@@ -145,7 +153,7 @@ def _read_points(path: str, what: str):
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
 
 
-def _estimate_all(est, samples, queries, progress: bool):
+def _estimate_all(est: Estimator, samples: Tensor, queries: Tensor, progress: bool) -> tuple[Tensor, Tensor]:
     """Log-density ``(m,)`` and score ``(m, d)`` at the queries, with a progress bar (shown after
     2 s, with an ETA) over blocks of queries."""
     import torch
@@ -163,7 +171,7 @@ def _estimate_all(est, samples, queries, progress: bool):
     return torch.cat(logps), torch.cat(scores)
 
 
-def _write_atomically(path: str, write) -> None:
+def _write_atomically(path: str, write: Callable[[BinaryIO], object]) -> None:
     """``write(file)`` into a temporary file next to ``path``, then rename it onto ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
@@ -186,7 +194,7 @@ def _umask() -> int:
     return mask
 
 
-def _write_result(path: str, points, logp, score) -> str:
+def _write_result(path: str, points: np.ndarray, logp: np.ndarray, score: np.ndarray) -> str:
     """CSV (header ``x0..,logdensity,score0..``) if ``path`` ends in .csv, else .npz with arrays
     ``points``, ``logdensity``, ``score``; the file gets exactly the name asked for."""
     import numpy as np

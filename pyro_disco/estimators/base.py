@@ -20,13 +20,17 @@ vice versa). ``LearnedScore.log_prob`` follows the same rule. Move an estimator 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from pyro_disco._validation import as_queries
+
+if TYPE_CHECKING:  # typing.Self is Python >= 3.11
+    from typing_extensions import Self
 
 __all__ = ["Estimator", "SampleEstimator", "as_score_fn", "as_logdensity_fn", "ScoreLike"]
 
@@ -56,7 +60,7 @@ def as_score_fn(score: ScoreLike) -> Callable[[Tensor], Tensor]:
     raise TypeError(f"expected a score function or an object with .score(x), got {type(score).__name__}")
 
 
-def as_logdensity_fn(obj) -> Callable[[Tensor], Tensor]:
+def as_logdensity_fn(obj: Callable[[Tensor], Tensor] | Estimator) -> Callable[[Tensor], Tensor]:
     """Return a ``logdensity_fn(x) -> (...)`` from an estimator or a callable."""
     if hasattr(obj, "logdensity") and callable(obj.logdensity):
         return obj.logdensity
@@ -125,20 +129,20 @@ class SampleEstimator:
     # ``_IO_HOOKS`` when the ``pyro_disco.estimators`` package is imported (always, before any
     # of its modules).
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write this fitted estimator to ``path``: a plain dict of tensors and a config, read
         back by :meth:`load` with ``torch.load(weights_only=True)`` (no unpickling)."""
         _IO_HOOKS["save"](self, path)
 
     @classmethod
-    def load(cls, path, *, map_location="cpu"):
+    def load(cls, path: str | os.PathLike, *, map_location: str | torch.device | None = "cpu") -> Self:
         """Read an estimator written by :meth:`save`; it must be a ``cls``."""
         est = _IO_HOOKS["load"](path, map_location=map_location)
         if not isinstance(est, cls):
             raise TypeError(f"{path} holds a {type(est).__name__}, not a {cls.__name__}")
         return est
 
-    def to(self, device=None, dtype=None):
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Self:
         """A new estimator of the same kind with samples on ``device`` in ``dtype`` (this one is
         unchanged; a transformer's network keeps its own dtype)."""
         return _IO_HOOKS["move"](self, device=device, dtype=dtype)

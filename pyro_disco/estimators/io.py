@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from pyro_disco.estimators.base import _IO_HOOKS
+from pyro_disco.estimators.base import _IO_HOOKS, SampleEstimator
 from pyro_disco.estimators.kde import SDKDE, EmpSDKDE, GaussianKDE
 from pyro_disco.estimators.transformer import DiScoFormerEstimator
 from pyro_disco.estimators.weighted import WeightedGaussianKDE
@@ -42,7 +44,7 @@ __all__ = ["save_estimator", "load_estimator", "estimator_state", "estimator_fro
 FORMAT, VERSION = "pyro-disco-estimator", 1
 
 
-def _kernel_config(est) -> tuple[dict, dict]:
+def _kernel_config(est: GaussianKDE | WeightedGaussianKDE) -> tuple[dict, dict]:
     """The KDE constructor's arguments: a bandwidth factor, or the explicit covariance given."""
     cov_arg = getattr(est, "_covariance_arg", None)
     config: dict = {"block_size": int(est.block_size)}
@@ -58,7 +60,7 @@ def _kernel_config(est) -> tuple[dict, dict]:
     return config, tensors
 
 
-def estimator_state(est) -> dict:
+def estimator_state(est: SampleEstimator) -> dict:
     """The plain-dict state of a fitted estimator (tensors detached, on their device)."""
     if not isinstance(est, (DiScoFormerEstimator, GaussianKDE, WeightedGaussianKDE)):
         raise TypeError(
@@ -91,7 +93,7 @@ def estimator_state(est) -> dict:
     return {"format": FORMAT, "version": VERSION, "kind": kind, "config": config, "tensors": tensors}
 
 
-def estimator_from_state(state: dict):
+def estimator_from_state(state: dict) -> SampleEstimator:
     """Rebuild an estimator from :func:`estimator_state`'s dict."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError("not a saved pyro-disco estimator (missing format tag)")
@@ -136,7 +138,7 @@ def estimator_from_state(state: dict):
     raise ValueError(f"unknown saved estimator kind {kind!r}")
 
 
-def save_estimator(est, path: str | os.PathLike) -> None:
+def save_estimator(est: SampleEstimator, path: str | os.PathLike) -> None:
     """Write ``est`` to ``path`` (tensors moved to the CPU), atomically (temp file + rename)."""
     state = _map_tensors(estimator_state(est), lambda t: t.cpu().contiguous())
     path = Path(path)
@@ -153,13 +155,17 @@ def save_estimator(est, path: str | os.PathLike) -> None:
         raise
 
 
-def load_estimator(path: str | os.PathLike, *, map_location: str | torch.device | None = "cpu"):
+def load_estimator(
+    path: str | os.PathLike, *, map_location: str | torch.device | None = "cpu"
+) -> SampleEstimator:
     """Read an estimator written by :func:`save_estimator` (``torch.load(weights_only=True)``)."""
     state = torch.load(path, map_location=map_location, weights_only=True)
     return estimator_from_state(state)
 
 
-def move_estimator(est, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+def move_estimator(
+    est: SampleEstimator, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> SampleEstimator:
     """A new estimator of the same kind on ``device`` with samples (and weights, shifts,
     covariance) in ``dtype``; a transformer's network keeps its own dtype."""
 
@@ -175,7 +181,7 @@ def move_estimator(est, device: str | torch.device | None = None, dtype: torch.d
     return estimator_from_state({**state, "tensors": tensors})
 
 
-def _map_tensors(obj, fn):
+def _map_tensors(obj: Any, fn: Callable[[Tensor], Tensor]) -> Any:
     if isinstance(obj, Tensor):
         return fn(obj)
     if isinstance(obj, dict):

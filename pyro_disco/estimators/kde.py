@@ -82,7 +82,7 @@ def _sample_covariance(x: Tensor) -> Tensor:
     return xc.T @ xc / (x.shape[0] - 1)
 
 
-def _check_block_size(block_size) -> int | None:
+def _check_block_size(block_size: int | None) -> int | None:
     if block_size is None:
         return None
     if isinstance(block_size, bool) or not isinstance(block_size, int):
@@ -154,7 +154,7 @@ class GaussianKDE(SampleEstimator):
         covariance: Tensor | float | None = None,
         block_size: int | None = None,
         whitening: str = "standard",
-    ):
+    ) -> None:
         x = as_samples(samples)
         check_whitening(whitening)
         n, d = x.shape
@@ -360,7 +360,7 @@ class SDKDE(GaussianKDE):
         covariance: Tensor | float | None = None,
         block_size: int | None = None,
         whitening: str = "standard",
-    ):
+    ) -> None:
         self._score_fn = as_score_fn(score)
         super().__init__(
             samples, bandwidth, covariance=covariance, block_size=block_size, whitening=whitening
@@ -404,7 +404,7 @@ class EmpSDKDE(SDKDE):
         covariance: Tensor | float | None = None,
         block_size: int | None = None,
         whitening: str = "standard",
-    ):
+    ) -> None:
         x = as_samples(samples)
         kwargs = dict(covariance=covariance, block_size=block_size, whitening=whitening)
         with quiet_outliers():  # the estimator itself checks the same samples
