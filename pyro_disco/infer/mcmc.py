@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from pyro.infer.mcmc.util import initialize_model
 from torch import Tensor
+from torch.distributions.transforms import Transform
 
-from pyro_disco.estimators.base import as_score_fn
+from pyro_disco.estimators.base import ScoreLike, as_score_fn
 from pyro_disco.infer.langevin import (
     init,
     logdensity_and_score_fn,
@@ -37,18 +40,18 @@ class _LangevinKernel(MCMCKernel):
 
     def __init__(
         self,
-        model=None,
-        potential_fn=None,
-        score_fn=None,
-        logdensity_fn=None,
+        model: Callable[..., Any] | None = None,
+        potential_fn: Callable[[dict[str, Tensor]], Tensor] | None = None,
+        score_fn: ScoreLike | None = None,
+        logdensity_fn: Callable[[Tensor], Tensor] | None = None,
         *,
         step_size: float = 0.1,
         adapt_step_size: bool = True,
         target_accept_prob: float = 0.574,
-        transforms=None,
+        transforms: dict[str, Transform] | None = None,
         site: str = "x",
-        initial_params=None,
-    ):
+        initial_params: dict[str, Tensor] | None = None,
+    ) -> None:
         given = [a is not None for a in (model, potential_fn, score_fn)]
         if sum(given) != 1:
             raise ValueError("give exactly one of model=, potential_fn= or score_fn=")
@@ -81,15 +84,15 @@ class _LangevinKernel(MCMCKernel):
         self._mean_accept_prob = 0.0
 
     @property
-    def initial_params(self):
+    def initial_params(self) -> dict[str, Tensor] | None:
         return self._initial_params
 
     @initial_params.setter
-    def initial_params(self, params):
+    def initial_params(self, params: dict[str, Tensor] | None) -> None:
         self._user_params = params
         self._initial_params = params
 
-    def setup(self, warmup_steps, *args, **kwargs):
+    def setup(self, warmup_steps: int, *args: Any, **kwargs: Any) -> None:
         self._reset(warmup_steps)
         if self.model is not None:
             init_params, potential_fn, transforms, _ = initialize_model(
@@ -108,7 +111,7 @@ class _LangevinKernel(MCMCKernel):
         self._names = sorted(self._initial_params)
         self._shapes = [self._initial_params[k].shape for k in self._names]
 
-    def _pack(self, params) -> Tensor:
+    def _pack(self, params: dict[str, Tensor]) -> Tensor:
         return torch.cat([params[k].detach().reshape(-1) for k in self._names])
 
     def _unpack(self, flat: Tensor) -> dict:
@@ -132,7 +135,7 @@ class _LangevinKernel(MCMCKernel):
             (grad,) = torch.autograd.grad(potential, z)
         return -potential.detach(), -grad
 
-    def sample(self, params):
+    def sample(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         flat = self._pack(params)
         if self._state is None or self._last is not params:
             self._state = init(flat, None, logdensity_and_score_fn=self._logdensity_and_score)
@@ -161,12 +164,12 @@ class _LangevinKernel(MCMCKernel):
         self._last = self._unpack(state.position)
         return self._last
 
-    def logging(self):
+    def logging(self) -> OrderedDict:
         return OrderedDict(
             [("step size", f"{self.step_size:.2e}"), ("acc. prob", f"{self._mean_accept_prob:.3f}")]
         )
 
-    def diagnostics(self):
+    def diagnostics(self) -> dict[str, Any]:
         """``divergences`` (post-warm-up draw indices, as arviz's ``from_pyro`` reads them),
         ``acceptance rate``, per-draw ``acceptance_prob`` and the final ``step_size``."""
         n = max(self._t - self._warmup_steps, 1)
@@ -200,15 +203,15 @@ class ULA(_LangevinKernel):
 
     def __init__(
         self,
-        model=None,
-        potential_fn=None,
-        score_fn=None,
+        model: Callable[..., Any] | None = None,
+        potential_fn: Callable[[dict[str, Tensor]], Tensor] | None = None,
+        score_fn: ScoreLike | None = None,
         *,
         step_size: float = 0.05,
-        transforms=None,
+        transforms: dict[str, Transform] | None = None,
         site: str = "x",
-        initial_params=None,
-    ):
+        initial_params: dict[str, Tensor] | None = None,
+    ) -> None:
         super().__init__(
             model,
             potential_fn,
