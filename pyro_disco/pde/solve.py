@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -30,11 +30,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_disco.pde import diagnostics as diag
+from pyro_disco.pde.diagnostics import ExactSolution
 from pyro_disco.pde.problems import FokkerPlanck, Landau
 
 __all__ = ["solve", "Trajectory", "STEPPERS", "euler_step", "heun_step", "midpoint_step"]
 
 VelocityFn = Callable[[float, Tensor], Tensor]
+Problem = FokkerPlanck | Landau
+# "exact", an estimator factory ``particles -> estimator`` or ``score_fn(x, t)``
+ScoreSource = str | Callable[..., object]
 
 
 class Trajectory(NamedTuple):
@@ -94,7 +98,7 @@ ORDER = {"euler": 1, "heun": 2, "midpoint": 2}
 # --------------------------------------------------------------------------- score sources
 
 
-def _num_required_positional(fn) -> int | None:
+def _num_required_positional(fn: Callable) -> int | None:
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
@@ -103,7 +107,7 @@ def _num_required_positional(fn) -> int | None:
     return sum(p.kind in kinds and p.default is inspect.Parameter.empty for p in params)
 
 
-def _score_source(score, exact) -> tuple[Callable, str]:
+def _score_source(score: ScoreSource, exact: ExactSolution | None) -> tuple[Callable, str]:
     """Return ``evaluate(t, x) -> (score_values, logdensity_fn | None)`` and a label."""
     if isinstance(score, str):
         if score != "exact":
@@ -125,7 +129,7 @@ def _score_source(score, exact) -> tuple[Callable, str]:
         return (lambda t, x: (score(x, t), None)), getattr(score, "__name__", "score_fn")
     if nargs == 1:
 
-        def evaluate(t, x):
+        def evaluate(t: float, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor] | None]:
             est = score(x)
             s = est.score(x) if hasattr(est, "score") else est
             if not isinstance(s, Tensor):
@@ -142,7 +146,7 @@ def _score_source(score, exact) -> tuple[Callable, str]:
 # --------------------------------------------------------------------------- solve
 
 
-def _split(problem):
+def _split(problem: Problem | ExactSolution) -> tuple[Problem, ExactSolution | None]:
     """``(problem, exact solution or None)`` from a problem or an exact-solution object."""
     if isinstance(problem, (FokkerPlanck, Landau)):
         return problem, None
@@ -155,11 +159,11 @@ def _split(problem):
 
 
 def solve(
-    problem,
+    problem: Problem | ExactSolution,
     particles: Tensor,
-    times,
+    times: Tensor | Sequence[float],
     *,
-    score="exact",
+    score: ScoreSource = "exact",
     method: str = "euler",
     step_size: float | None = None,
     block_size: int | None = None,
@@ -200,7 +204,7 @@ def solve(
     evaluate, label = _score_source(score, exact)
     stepper = STEPPERS[method]
 
-    def velocity_and_score(t: float, x: Tensor):
+    def velocity_and_score(t: float, x: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor] | None]:
         s, logdensity_fn = evaluate(t, x)
         s = s.to(x.dtype)
         if isinstance(problem, Landau):
