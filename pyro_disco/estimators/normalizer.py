@@ -43,6 +43,14 @@ class LogNormalizer(NamedTuple):
     num_draws: int
 
 
+def _gaussian_logpdf(z: Tensor, mean: Tensor, chol: Tensor) -> Tensor:
+    """log N(z; mean, chol cholᵀ) ``(m,)`` (no ``torch.distributions``: its first use imports
+    torch.fx, a second per process)."""
+    u = torch.linalg.solve_triangular(chol, (z - mean).T, upper=False)  # d m
+    half_logdet = chol.diagonal().log().sum()
+    return -0.5 * u.square().sum(0) - half_logdet - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+
+
 def log_normalizer(
     estimator: Estimator,
     samples: Tensor,
@@ -58,13 +66,16 @@ def log_normalizer(
     x = samples.detach().double()
     n, d = x.shape
     with quiet_outliers():  # the estimator warned about these samples already
-        gmm = GaussianMixtureEstimator(x, whitening=whitening)
+        # a proposal needs cover, not the best fit: few components, one start, few iterations
+        gmm = GaussianMixtureEstimator(
+            x, whitening=whitening, max_components=4, split_init=False, num_iters=25
+        )
         kde = GaussianKDE(x, whitening=whitening)
     if whitening == "robust":
         mean, cov = fit_whitening(x, whitening).mean, robust_covariance(x)
     else:
         mean, cov = x.mean(0), torch.cov(x.T).reshape(d, d)
-    wide = torch.distributions.MultivariateNormal(mean, covariance_matrix=2.25 * cov)
+    wide_chol = 1.5 * torch.linalg.cholesky(cov)
     kernel_chol = torch.linalg.cholesky(cov * kde.bandwidth**2)
     per = num_draws // 3
     idx = torch.randint(n, (per,), generator=generator)
@@ -73,13 +84,11 @@ def log_normalizer(
         [
             gmm.sample(per, generator=generator),
             x[idx] + eps @ kernel_chol.T,
-            mean
-            + torch.randn(per, d, generator=generator, dtype=torch.float64)
-            @ (1.5 * torch.linalg.cholesky(cov)).T,
+            mean + torch.randn(per, d, generator=generator, dtype=torch.float64) @ wide_chol.T,
         ]
     )
     log_q = torch.logsumexp(
-        torch.stack([gmm.logdensity(z), kde.logdensity(z), wide.log_prob(z)]), dim=0
+        torch.stack([gmm.logdensity(z), kde.logdensity(z), _gaussian_logpdf(z, mean, wide_chol)]), dim=0
     ) - math.log(3)
     with torch.no_grad():
         log_p = estimator.logdensity(z.to(getattr(estimator, "dtype", z.dtype))).double()
