@@ -50,7 +50,7 @@ class RadialKernel:
     """Base class. ``bandwidth`` is ``"median"`` (median heuristic on the first argument's
     points at each call) or a positive number."""
 
-    def __init__(self, bandwidth: str | float = "median"):
+    def __init__(self, bandwidth: str | float = "median") -> None:
         if not (bandwidth == "median" or (isinstance(bandwidth, (int, float)) and bandwidth > 0)):
             raise ValueError(f"bandwidth must be 'median' or a positive number, got {bandwidth!r}")
         self.bandwidth = bandwidth
@@ -86,7 +86,7 @@ class IMQ(RadialKernel):
     r"""Inverse multiquadric :math:`k(x, y) = (c^2 + \|x - y\|^2 / h^2)^{\beta}`, ``c = 1``,
     ``β = -1/2`` by default (Gorham & Mackey, 2017: it detects non-convergence)."""
 
-    def __init__(self, bandwidth: str | float = "median", c: float = 1.0, beta: float = -0.5):
+    def __init__(self, bandwidth: str | float = "median", c: float = 1.0, beta: float = -0.5) -> None:
         super().__init__(bandwidth)
         if not (c > 0 and -1 < beta < 0):
             raise ValueError(f"IMQ needs c > 0 and beta in (-1, 0), got c={c}, beta={beta}")

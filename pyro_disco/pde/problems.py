@@ -51,7 +51,7 @@ class FokkerPlanck:
     diffusion: float = 1.0
     rate: float | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not callable(self.drift_fn):
             raise TypeError("drift_fn must be callable: b(x) with x of shape (n, d)")
         if not float(self.diffusion) > 0:
@@ -94,7 +94,7 @@ class Landau:
     B: float = 1.0 / 16
     epsilon: float = 0.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not -3.0 <= float(self.gamma) <= 1.0:
             raise ValueError(f"gamma must lie in [-3, 1] (0 Maxwell, -3 Coulomb), got {self.gamma}")
         if not float(self.B) > 0 or float(self.epsilon) < 0:

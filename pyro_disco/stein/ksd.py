@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -98,7 +99,9 @@ def stein_kernel(
     return _stein_kernel_centred(x - c, y - c, score_x, score_y, kern, h)
 
 
-def _stein_kernel_centred(x: Tensor, y: Tensor, score_x: Tensor, score_y: Tensor, kern, h) -> Tensor:
+def _stein_kernel_centred(
+    x: Tensor, y: Tensor, score_x: Tensor, score_y: Tensor, kern: RadialKernel, h: Tensor
+) -> Tensor:
     """:func:`stein_kernel` of points already centred (near the origin)."""
     d = x.shape[-1]
     sqdist = ((x * x).sum(-1, keepdim=True) + (y * y).sum(-1) - 2.0 * x @ y.T).clamp_min(0.0)  # n m
@@ -108,7 +111,9 @@ def _stein_kernel_centred(x: Tensor, y: Tensor, score_x: Tensor, score_y: Tensor
     return phi * (score_x @ score_y.T) + 2.0 * dphi * cross - 2.0 * d * dphi - 4.0 * sqdist * ddphi
 
 
-def _prepare(samples: Tensor, score: ScoreLike, kernel, bandwidth):
+def _prepare(
+    samples: Tensor, score: ScoreLike, kernel: RadialKernel | str, bandwidth: float | None
+) -> tuple[Tensor, Tensor, RadialKernel, Tensor]:
     x = as_samples(samples, min_per_dim=False).detach()
     if x.shape[0] < 2:
         raise ValueError(f"a kernel Stein discrepancy needs at least 2 samples, got {x.shape[0]}")
@@ -127,7 +132,9 @@ def _prepare(samples: Tensor, score: ScoreLike, kernel, bandwidth):
     return x - x.mean(0), s, kern, h  # centred once: every block then forms accurate distances
 
 
-def _row_blocks(x: Tensor, s: Tensor, kern: RadialKernel, h: Tensor, block_size: int | None):
+def _row_blocks(
+    x: Tensor, s: Tensor, kern: RadialKernel, h: Tensor, block_size: int | None
+) -> Iterator[tuple[int, int, Tensor]]:
     n = x.shape[0]
     block = block_size or max(1, _BLOCK_ELEMENTS // n)
     for start in range(0, n, block):
