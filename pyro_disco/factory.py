@@ -7,10 +7,12 @@ between them), so neither of those imports it.
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from torch import Tensor
 
 from pyro_disco._validation import as_samples
+from pyro_disco.estimators.base import Estimator
 from pyro_disco.estimators.kde import SDKDE, EmpSDKDE, GaussianKDE
 from pyro_disco.estimators.mixture import GaussianMixtureEstimator
 from pyro_disco.estimators.selection import select_estimator
@@ -22,7 +24,9 @@ __all__ = ["build_estimator", "resolve_estimator", "ESTIMATORS"]
 ESTIMATORS = ("auto", "transformer", "gmm", "kde", "silverman-kde", "sdkde", "emp-sdkde")
 
 
-def resolve_estimator(samples: Tensor, estimator="auto", **estimator_kwargs):
+def resolve_estimator(
+    samples: Tensor, estimator: str | Estimator = "auto", **estimator_kwargs: Any
+) -> tuple[Estimator, str]:
     """Build an estimator on ``samples`` ``(n, d)``; returns ``(estimator, name)``.
 
     - ``"auto"``: chosen on the samples themselves by a 2-fold held-out Hyvärinen score
@@ -95,6 +99,8 @@ def resolve_estimator(samples: Tensor, estimator="auto", **estimator_kwargs):
     return SDKDE(x, score, **kwargs), "sdkde"
 
 
-def build_estimator(samples: Tensor, estimator="auto", **estimator_kwargs):
+def build_estimator(
+    samples: Tensor, estimator: str | Estimator = "auto", **estimator_kwargs: Any
+) -> Estimator:
     """Like :func:`resolve_estimator`, without the name."""
     return resolve_estimator(samples, estimator, **estimator_kwargs)[0]

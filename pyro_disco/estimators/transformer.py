@@ -46,7 +46,7 @@ MIN_ESS = 100.0  # below this the importance-sampling log-normaliser is not appl
 class _RawLogdensity:
     """The un-normalised log-density of an estimator, for the importance sampler."""
 
-    def __init__(self, est: DiScoFormerEstimator):
+    def __init__(self, est: DiScoFormerEstimator) -> None:
         self.est, self.dtype = est, est.dtype
 
     def logdensity(self, x: Tensor) -> Tensor:
@@ -100,7 +100,7 @@ class DiScoFormerEstimator(SampleEstimator):
         far_field: bool = True,
         normalize: bool = True,
         whitening: str = "standard",
-    ):
+    ) -> None:
         x = as_samples(samples)
         model.check_dim(x.shape[1])
         for label, value in (("block_size", block_size), ("query_block", query_block)):

@@ -78,7 +78,7 @@ class UniversalConfig:
     mixture_split_init: bool = False  # the EM's second, split start per k (nn.em.fit_gaussian_mixtures)
     arch: str = "universal"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "kde_features", tuple(float(c) for c in self.kde_features))
         object.__setattr__(self, "head_bandwidths", tuple(float(c) for c in self.head_bandwidths))
         if self.max_dim < 1 or self.num_heads < 1 or self.head_dim < 1 or 1.0 not in self.kde_features:
@@ -133,7 +133,7 @@ def _gram_features(vectors: Tensor, dim: int) -> Tensor:
 class EquivariantBlock(nn.Module):
     """Pre-LN block: distance-biased attention with vector messages, Gram update, FFN."""
 
-    def __init__(self, cfg: UniversalConfig):
+    def __init__(self, cfg: UniversalConfig) -> None:
         super().__init__()
         self.h, self.e = cfg.num_heads, cfg.head_dim
         self.ln1 = nn.LayerNorm(cfg.d_model)
@@ -178,7 +178,9 @@ class EquivariantBlock(nn.Module):
         vx = torch.cat([self._split(v), pp, torch.zeros_like(ones)], dim=-1)  # padded: width of q and k
         return qx, kx, vx, beta
 
-    def attend(self, h: Tensor, p: Tensor, qx: Tensor, beta: Tensor, k: Tensor, v: Tensor, block: int):
+    def attend(
+        self, h: Tensor, p: Tensor, qx: Tensor, beta: Tensor, k: Tensor, v: Tensor, block: int
+    ) -> tuple[Tensor, Tensor]:
         """Update states ``h`` ``(B, m, C)`` of tokens at ``p`` attending to ``k``, ``v``; returns the
         new states and the score messages ``(B, m, H, d)``."""
         out = blocked_attention(qx, k, v, block, scale=1.0)
@@ -194,7 +196,7 @@ class UniversalDiScoFormer(nn.Module):
     """The universal network on *whitened* coordinates of any ``d ≤ max_dim``; see the module
     docstring. Same interface as :class:`~pyro_disco.nn.discoformer.DiScoFormer`."""
 
-    def __init__(self, config: UniversalConfig):
+    def __init__(self, config: UniversalConfig) -> None:
         super().__init__()
         self.config = config
         k = len(config.kde_features) + (1 if config.mixture_components else 0)  # feature columns
@@ -246,7 +248,9 @@ class UniversalDiScoFormer(nn.Module):
         )
 
     @staticmethod
-    def _append_mixture(y: Tensor, features: tuple[Tensor, Tensor], mixture: MixtureFit | None):
+    def _append_mixture(
+        y: Tensor, features: tuple[Tensor, Tensor], mixture: MixtureFit | None
+    ) -> tuple[Tensor, Tensor]:
         if mixture is None:
             return features
         logs, scores = features
@@ -274,7 +278,9 @@ class UniversalDiScoFormer(nn.Module):
             )
         return bic_mixture(fits)
 
-    def _heads(self, y: Tensor, h: Tensor, messages: Tensor, features) -> tuple[Tensor, Tensor]:
+    def _heads(
+        self, y: Tensor, h: Tensor, messages: Tensor, features: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor]:
         k = len(self.config.kde_features) + (1 if self.config.mixture_components else 0)
         h = self.ln_f(h)
         lh = self.logdensity_head(h)  # B m (1 + K)

@@ -11,7 +11,7 @@ mixture, expressed in the context's whitened coordinates.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -89,7 +89,7 @@ def sample_task(
     *,
     off_support_fraction: float = 0.25,
     generator: torch.Generator | None = None,
-    **mixture_kwargs,
+    **mixture_kwargs: Any,
 ) -> MixtureTask:
     """Draw ``batch`` mixtures, ``num_samples`` context points each, and ``num_queries`` queries
     (a fraction ``off_support_fraction`` from an independent mixture, the rest fresh from the

@@ -14,8 +14,11 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from types import FrameType
+from typing import TextIO
 
 import torch
 from torch import Tensor
@@ -85,7 +88,7 @@ class TrainConfig:
     init_from: str | None = None
     init_blend: float = 0.5
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self._check_ranges()
         if self.arch not in ("discoformer", "universal"):
             raise ValueError(f"arch must be 'discoformer' or 'universal', got {self.arch!r}")
@@ -256,7 +259,12 @@ def task_loss(
 
 
 def validation_tasks(
-    dim: int, sizes=(256, 1024), *, num_sets: int = 16, num_queries: int = 256, seed: int = 2**31 - 7
+    dim: int,
+    sizes: Sequence[int] = (256, 1024),
+    *,
+    num_sets: int = 16,
+    num_queries: int = 256,
+    seed: int = 2**31 - 7,
 ) -> dict[int, MixtureTask]:
     """A fixed validation set (its own seed, disjoint from training seeds), on-support queries only."""
     g = torch.Generator().manual_seed(seed + dim)
@@ -343,7 +351,7 @@ def _save(path: Path, state: dict) -> None:
 def _all_finite(*state_dicts: dict) -> bool:
     """True if every floating tensor in (nested) state dicts is finite."""
 
-    def walk(obj) -> bool:
+    def walk(obj: object) -> bool:
         if isinstance(obj, Tensor):
             return not obj.is_floating_point() or bool(torch.isfinite(obj).all())
         if isinstance(obj, dict):
@@ -359,7 +367,7 @@ class RunLockedError(RuntimeError):
     """Another process is training in the same run folder."""
 
 
-def _lock(out: Path):
+def _lock(out: Path) -> TextIO:
     """An exclusive ``flock`` on ``out/.lock`` for the life of the returned file (POSIX only)."""
     f = open(out / LOCK, "a+")
     if fcntl is not None:
@@ -517,7 +525,7 @@ def _train_locked(cfg: TrainConfig, out: Path, progress: bool) -> DiScoFormer:
 
     stop = {"signal": None}
 
-    def on_signal(signum, frame):
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         if stop["signal"] is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now (the last checkpoint is kept)
         stop["signal"] = signum

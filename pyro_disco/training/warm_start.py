@@ -61,7 +61,7 @@ def embedding_column_map(num_kde: int) -> list[int]:
 
 @torch.no_grad()
 def warm_start_mixture(
-    old: UniversalDiScoFormer, mixture_components: int, *, blend: float = 1.0, **mixture_options
+    old: UniversalDiScoFormer, mixture_components: int, *, blend: float = 1.0, **mixture_options: float | bool
 ) -> UniversalDiScoFormer:
     """A new trainable :class:`UniversalDiScoFormer` with ``mixture_components`` that starts
     from ``old`` (a universal network without the mixture column), as the module docstring
