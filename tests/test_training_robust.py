@@ -7,6 +7,7 @@ non-finite checkpoint, a torn log line, a locked run folder, argument ranges.
 
 import os
 import signal
+import sys
 
 import pytest
 import torch
@@ -64,6 +65,52 @@ def _patch_step(monkeypatch, action, at_call):
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
+
+
+def _sweep_points(count: int = 3, seed: int = 20261203):
+    """Random (phase, call, signal) triples, from a fixed seed: where in a step a signal lands."""
+    g = torch.Generator().manual_seed(seed)
+    phases = ("forward", "backward", "step")
+    return [
+        (
+            phases[int(torch.randint(3, (), generator=g))],
+            int(torch.randint(1, STEPS, (), generator=g)),
+            (signal.SIGINT, signal.SIGTERM)[int(torch.randint(2, (), generator=g))],
+        )
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize(("phase", "at_call", "signum"), _sweep_points())
+def test_signal_at_random_points_resumes_bit_for_bit(
+    phase, at_call, signum, tmp_path, monkeypatch, reference
+):
+    """The random sweep: a signal lands during the forward pass (``task_loss``), the backward
+    pass (``Tensor.backward``) or ``AdamW.step`` of a random step; the run stops at that step's
+    boundary, and the resumed run is the uninterrupted one bit for bit."""
+    train_module = sys.modules["pyro_disco.training.train"]  # the package's `train` is the function
+    targets = {
+        "forward": (train_module, "task_loss"),
+        "backward": (torch.Tensor, "backward"),
+        "step": (torch.optim.AdamW, "step"),
+    }
+    owner, name = targets[phase]
+    real = getattr(owner, name)
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        out = real(*args, **kwargs)
+        if calls["n"] == at_call:
+            os.kill(os.getpid(), signum)  # lands after the real work, before it returns
+        return out
+
+    monkeypatch.setattr(owner, name, wrapped)
+    train(_tiny(), tmp_path, progress=False)
+    assert _ckpt(tmp_path)["step"] == at_call  # stopped at the boundary of the signalled step
+    monkeypatch.undo()
+    model = train(_tiny(), tmp_path, progress=False)
+    _assert_same_run(model, tmp_path, reference)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
