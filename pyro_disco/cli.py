@@ -68,7 +68,12 @@ def _non_negative_int(text: str) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
     from pyro_disco.training import TrainConfig, train
+    from pyro_disco.training.distributed import init_from_env
+
+    distributed = init_from_env(args.device)  # under torchrun: join the process group
 
     model = {
         k: v
@@ -105,8 +110,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         score_metric=args.score_metric,
         init_from=args.init_from,
         init_blend=args.init_blend,
+        data_seeding=args.data_seeding or ("per-set" if distributed else "stream"),
     )
-    train(cfg, args.out, progress=not args.no_progress)
+    try:
+        train(cfg, args.out, progress=not args.no_progress)
+    finally:
+        if distributed:
+            dist.destroy_process_group()
     return 0
 
 
@@ -324,6 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("whitened", "both"),
         default="whitened",
         help="universal: relative score error in whitened coordinates, or averaged with original ones",
+    )
+    p.add_argument(
+        "--data-seeding",
+        choices=("stream", "per-set"),
+        default=None,
+        help="draw each step's sets together from the run's stream, or each from its own seed (the "
+        "default under torchrun: N ranks then train exactly as one process)",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_train, parser=p)

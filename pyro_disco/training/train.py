@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from pyro_disco.metrics import logdensity_mse, relative_score_error
 from pyro_disco.nn.discoformer import DiScoFormer, DiScoFormerConfig
 from pyro_disco.nn.universal import UniversalConfig, UniversalDiScoFormer
+from pyro_disco.training import distributed as ddp
 from pyro_disco.training.tasks import MixtureTask, log_uniform_int, sample_task
 
 try:
@@ -87,9 +88,16 @@ class TrainConfig:
     # blended with the mixture's by init_blend (1 = the BIC mixture, 0 = the old network)
     init_from: str | None = None
     init_blend: float = 0.5
+    # "stream": the step's sets are drawn together from the run's generator (the historical
+    # stream); "per-set": each set from its own seed drawn from that stream, so that any number
+    # of torchrun ranks draws the same global batch (required with more than one process; see
+    # training.distributed)
+    data_seeding: str = "stream"
 
     def __post_init__(self) -> None:
         self._check_ranges()
+        if self.data_seeding not in ("stream", "per-set"):
+            raise ValueError(f"data_seeding must be 'stream' or 'per-set', got {self.data_seeding!r}")
         if self.arch not in ("discoformer", "universal"):
             raise ValueError(f"arch must be 'discoformer' or 'universal', got {self.arch!r}")
         if self.score_metric not in ("whitened", "both"):
@@ -449,22 +457,115 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Di
       replace is kept as ``checkpoint.prev.pt``, so a diverging run leaves two good ones.
     - ``out_dir`` is locked (``flock``): a second ``train`` on it fails at once.
     - A torn last line of ``log.jsonl`` is dropped on resume.
+
+    Under ``torchrun`` (a ``torch.distributed`` process group initialised, e.g. by the CLI) the
+    step is data-parallel with DistributedDataParallel: every rank draws its share of the global
+    batch (``data_seeding="per-set"``, required; see :mod:`pyro_disco.training.distributed`), so
+    N ranks train exactly as one process with the same config, to round-off. Rank 0 alone
+    locks, logs, evaluates and checkpoints; every rank resumes from the checkpoint; a signal
+    or a non-finite loss on any rank stops or skips the step on all of them.
     """
+    rank, world_size = ddp.world()
+    if world_size > 1 and cfg.data_seeding != "per-set":
+        raise ValueError(
+            "training with more than one process needs data_seeding='per-set' (each set from its own "
+            "seed, so that the ranks draw one global batch); the CLI sets it under torchrun"
+        )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    lock = _lock(out)
+    lock, error = None, None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = _lock(out)
+        except RunLockedError as exc:
+            error = exc
+    if ddp.any_rank(error is not None):  # every rank stops if rank 0 could not lock
+        raise error or RunLockedError(
+            f"{out} is in use by another training process (rank 0 could not lock it)"
+        )
     try:
         # fork_rng: the global RNG (dropout) is part of the run's state, not the caller's
         with torch.random.fork_rng(devices=[]):
             return _train_locked(cfg, out, progress)
     finally:
-        lock.close()
+        if lock is not None:
+            lock.close()
+
+
+def _catch_signals() -> tuple[dict, dict]:
+    """Ctrl-C and SIGTERM set ``stop["signal"]`` (a second Ctrl-C raises); returns ``stop`` and
+    the previous handlers, to restore."""
+    stop = {"signal": None}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now (the last checkpoint is kept)
+        stop["signal"] = signum
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return stop, handlers
+
+
+def _draw_step(cfg: TrainConfig, gen: torch.Generator, device: torch.device) -> tuple[int, int, MixtureTask]:
+    """The step's dimension, ``n`` and this rank's sets of the global batch."""
+    dim = cfg.sample_dim(gen)
+    n = max(log_uniform_int(cfg.n_min, cfg.n_max, generator=gen), 2 * dim + 2)
+    batch = max(1, cfg.tokens_per_step // n)
+    kwargs = dict(off_support_fraction=cfg.off_support_fraction)
+    if cfg.data_seeding == "per-set":
+        sets = ddp.rank_sets(batch, *ddp.world())
+        task = ddp.sample_sets(ddp.draw_base_seed(gen), sets, dim, n, cfg.num_queries, **kwargs)
+    else:
+        task = sample_task(batch, dim, n, cfg.num_queries, generator=gen, **kwargs)
+    return dim, n, MixtureTask(*(t.to(device) for t in task))
+
+
+def _train_worker(
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    step: int,
+    step_loss: torch.nn.Module,
+    device: torch.device,
+) -> DiScoFormer:
+    """Ranks other than 0: the same steps and collectives as rank 0, without its log,
+    evaluation and checkpoints."""
+    stop, handlers = _catch_signals()
+    bad = 0
+    model.train()
+    try:
+        while step < cfg.steps and not ddp.any_rank(stop["signal"] is not None):
+            _, _, task = _draw_step(cfg, gen, device)
+            for group in opt.param_groups:
+                group["lr"] = _lr(cfg, step)
+            loss, parts = step_loss(task)
+            opt.zero_grad(set_to_none=True)
+            if ddp.any_rank(not torch.isfinite(loss)):
+                bad += 1
+                if bad > 20:
+                    raise FloatingPointError(f"20 non-finite losses in a row after step {step}")
+                continue
+            bad = 0
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            step += 1
+            ddp.mean_over_ranks([float(loss.detach()), parts["logdensity"], parts["score"]])
+        torch.distributed.barrier()  # rank 0 has written the last checkpoint
+    finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
+    return model
 
 
 def _train_locked(cfg: TrainConfig, out: Path, progress: bool) -> DiScoFormer:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
+    rank, world_size = ddp.world()
+    device = ddp.local_device(cfg.device) if world_size > 1 else torch.device(cfg.device)
     torch.manual_seed(cfg.seed)  # reproducible init
     model = build_model(cfg.model_config()).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -485,6 +586,13 @@ def _train_locked(cfg: TrainConfig, out: Path, progress: bool) -> DiScoFormer:
     elif cfg.init_from is not None:
         model = _warm_start(cfg).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_kwargs = dict(alpha=cfg.alpha, normalize=cfg.arch == "universal", score_metric=cfg.score_metric)
+    step_loss = ddp.TaskLoss(model, task_loss, **loss_kwargs)
+    if world_size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        step_loss = torch.nn.parallel.DistributedDataParallel(step_loss, device_ids=ids)
+    if rank != 0:  # rank 0 alone logs, evaluates and checkpoints
+        return _train_worker(cfg, model, opt, gen, step, step_loss, device)
     val = _validation_for(cfg)
     # (step, gen_state, torch_rng) always describe the same step boundary: the start of step + 1
     gen_state, torch_rng = gen.get_state(), torch.get_rng_state()
@@ -523,43 +631,21 @@ def _train_locked(cfg: TrainConfig, out: Path, progress: bool) -> DiScoFormer:
         saved_step = step
         return True
 
-    stop = {"signal": None}
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if stop["signal"] is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now (the last checkpoint is kept)
-        stop["signal"] = signum
-
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop, handlers = _catch_signals()
     desc = f"train d={cfg.dim}" if cfg.arch != "universal" else f"train universal d={cfg.dim_min}…{cfg.dim}"
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=desc)
     bad = 0
     at_boundary = True  # model and optimiser are exactly the state after `step` steps
     model.train()
     try:
-        while step < cfg.steps and stop["signal"] is None:
+        while step < cfg.steps and not ddp.any_rank(stop["signal"] is not None):
             t0 = time.perf_counter()
-            dim = cfg.sample_dim(gen)
-            n = max(log_uniform_int(cfg.n_min, cfg.n_max, generator=gen), 2 * dim + 2)
-            batch = max(1, cfg.tokens_per_step // n)
-            task = sample_task(
-                batch,
-                dim,
-                n,
-                cfg.num_queries,
-                off_support_fraction=cfg.off_support_fraction,
-                generator=gen,
-            )
-            task = MixtureTask(*(t.to(device) for t in task))
+            dim, n, task = _draw_step(cfg, gen, device)
             for group in opt.param_groups:
                 group["lr"] = _lr(cfg, step)
-            loss, parts = task_loss(
-                model, task, cfg.alpha, normalize=cfg.arch == "universal", score_metric=cfg.score_metric
-            )
+            loss, parts = step_loss(task)
             opt.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
+            if ddp.any_rank(not torch.isfinite(loss)):
                 bad += 1
                 if bad > 20:
                     raise FloatingPointError(
@@ -576,11 +662,14 @@ def _train_locked(cfg: TrainConfig, out: Path, progress: bool) -> DiScoFormer:
             gen_state, torch_rng = gen.get_state(), torch.get_rng_state()
             at_boundary = True
             elapsed += time.perf_counter() - t0
+            loss_value, parts["logdensity"], parts["score"] = ddp.mean_over_ranks(
+                [float(loss.detach()), parts["logdensity"], parts["score"]]
+            )
             record = {
                 "step": step,
                 "n": n,
                 "d": dim,
-                "loss": float(loss.detach()),
+                "loss": loss_value,
                 **parts,
                 "grad_norm": float(gnorm),
                 "lr": _lr(cfg, step - 1),
@@ -599,6 +688,8 @@ def _train_locked(cfg: TrainConfig, out: Path, progress: bool) -> DiScoFormer:
                 "run again to resume"
             )
         checkpoint()
+        if world_size > 1:
+            torch.distributed.barrier()  # the other ranks return once the checkpoint is on disk
     except KeyboardInterrupt:
         if at_boundary and checkpoint():
             bar.write(f"interrupted at step {step}; checkpoint saved, run again to resume")
