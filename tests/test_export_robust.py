@@ -103,3 +103,43 @@ def test_missing_or_corrupt_registry_is_a_clear_error(text, monkeypatch, tmp_pat
     with pytest.raises(pretrained.RegistryError):
         pyro_disco.build_estimator(x, "auto")
     pretrained.load_model.cache_clear()
+
+
+def test_model_card_command_reproduces_a_warm_started_mixture_run(monkeypatch):
+    """The card's ``pyro-disco train`` line parses back to the same run (flags for booleans,
+    the warm start included)."""
+    import pyro_disco.training
+    from pyro_disco.cli import main
+    from pyro_disco.training import TrainConfig
+    from pyro_disco.training.export import train_command
+
+    cfg = TrainConfig(
+        dim=32,
+        arch="universal",
+        steps=600,
+        n_max=4096,
+        lr=1e-4,
+        dim_power=0.5,
+        score_metric="both",
+        model={"mixture_components": 6, "mixture_shrinkage": 0.2, "mixture_split_init": True},
+        init_from="discoformer-universal",
+        init_blend=0.5,
+    )
+    seen = {}
+    monkeypatch.setattr(pyro_disco.training, "train", lambda c, out, **kw: seen.update(cfg=c, out=out))
+    assert main(train_command(cfg, "RUN").split()[1:]) == 0  # drop "pyro-disco"
+    got = seen["cfg"]
+    assert str(seen["out"]) == "RUN"
+    for field in (
+        "dim",
+        "arch",
+        "steps",
+        "n_max",
+        "lr",
+        "dim_power",
+        "score_metric",
+        "init_from",
+        "init_blend",
+    ):
+        assert getattr(got, field) == getattr(cfg, field), field
+    assert got.model == cfg.model

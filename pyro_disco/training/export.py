@@ -40,8 +40,14 @@ def train_command(cfg: TrainConfig, out: str) -> str:
         if value != getattr(default, name) or name == "steps":
             flags.append(f"--{name.replace('_', '-')} {value}")
     for key, value in cfg.model.items():
+        if isinstance(value, bool):  # store_true flags
+            if value:
+                flags.append(f"--{key.replace('_', '-')}")
+            continue
         value = " ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
         flags.append(f"--{key.replace('_', '-')} {value}")
+    if cfg.init_from is not None:
+        flags += [f"--init-from {cfg.init_from}", f"--init-blend {cfg.init_blend}"]
     return "pyro-disco train " + " ".join(flags)
 
 
