@@ -5,7 +5,7 @@ deterministic, the transformer's log-normaliser included, fixed seed) and the sa
 rank ``r`` answers rows ``r·⌈m/N⌉ … (r+1)·⌈m/N⌉ − 1`` and ``all_gather`` gives every rank
 the whole answer. Queries are independent, so the result is the one-process answer (to the
 round-off of a different row blocking). Launch with ``torchrun``; gloo on CPU, NCCL on GPUs
-(the estimator on the rank's GPU).
+(the estimator and the queries on the rank's GPU: NCCL gathers CUDA tensors only).
 
 **Splitting the context too (very large n): on paper.** The transformer's cost per query is
 attention over the ``n`` context tokens, and the encoder's is ``n²``. Each rank ``r`` could hold

@@ -66,7 +66,9 @@ def init_from_env(device: str = "cpu") -> bool:
 def local_device(device: str) -> torch.device:
     """``cuda`` becomes ``cuda:LOCAL_RANK`` (one GPU per process); other devices are kept."""
     if device == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        local = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(local)  # NCCL's collectives and current_device() follow it
+        return local
     return torch.device(device)
 
 
@@ -101,12 +103,19 @@ def draw_base_seed(generator: torch.Generator) -> int:
     return int(torch.randint(_SEED_RANGE, (), generator=generator))
 
 
+def _collective_device() -> torch.device:
+    """Where small collectives' tensors live: NCCL reduces CUDA tensors only."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank if it is true on any (a signal, a non-finite loss): all ranks then take
     the same branch and no collective is left waiting. Without a group: ``flag``."""
     if world()[1] == 1:
         return flag
-    t = torch.tensor([float(flag)])
+    t = torch.tensor([float(flag)], device=_collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
 
@@ -116,7 +125,7 @@ def mean_over_ranks(values: list[float]) -> list[float]:
     n = world()[1]
     if n == 1:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t)
     return (t / n).tolist()
 
