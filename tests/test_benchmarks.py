@@ -28,6 +28,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
             "auto-dims:",
         ),
         ("peers.py", ["--smoke", "--out", "{tmp}/peers.md"], "sklearn GMM-BIC"),
+        ("nuts_cost.py", ["--smoke"], "per leapfrog"),
     ],
 )
 def test_benchmark_script_runs(script, args, expect, tmp_path):
