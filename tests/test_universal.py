@@ -191,7 +191,9 @@ def test_untrained_model_is_scotts_kde(d):
     x = torch.randn(300, d, generator=g, dtype=torch.float64) @ mix - 1.0
     x[:100] += 1.5
     y = x[:40] + 0.5 * torch.randn(40, d, generator=g, dtype=torch.float64)
-    errors = _kde_errors(DiScoFormerEstimator(model, x, far_field=False, normalize=False), GaussianKDE(x, "scott"), x, y)
+    errors = _kde_errors(
+        DiScoFormerEstimator(model, x, far_field=False, normalize=False), GaussianKDE(x, "scott"), x, y
+    )
     assert all(e <= EXACT for e in errors.values()), errors
 
 
