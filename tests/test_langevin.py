@@ -11,7 +11,7 @@ from pyro.infer import MCMC
 from torch.testing import assert_close
 
 from pyro_disco import GaussianKDE, GaussianMixture
-from pyro_disco.infer.langevin import init, mala_step, run, step_size_init, step_size_update
+from pyro_disco.infer.langevin import init, mala_step, run, step, step_size_init, step_size_update, ula_step
 from pyro_disco.infer.mcmc import MALA, ULA
 
 from helpers import COV_2D, GAUSSIAN_2D, MEAN_2D, check_moments, gen
@@ -69,6 +69,17 @@ def test_divergent_proposal_is_rejected_and_flagged():
     new, info = mala_step(state, GAUSSIAN_2D.logdensity_and_score, 0.1, generator=gen(0))
     assert bool(info.is_divergent.all()) and not bool(info.is_accepted.any())
     assert torch.equal(new.position, state.position)
+
+
+def test_step_is_mala_step_or_ula_step():
+    both = GAUSSIAN_2D.logdensity_and_score
+    state = init(torch.randn(3, 2, generator=gen(1), dtype=F64), None, logdensity_and_score_fn=both)
+    for method, fn, kernel in [("mala", both, mala_step), ("ula", GAUSSIAN_2D.score, ula_step)]:
+        ours = step(state, fn, 0.1, method=method, generator=gen(0))
+        theirs = kernel(state, fn, 0.1, generator=gen(0))
+        assert torch.equal(ours[0].position, theirs[0].position), method
+    with pytest.raises(ValueError, match="method"):
+        step(state, both, 0.1, method="hmc")
 
 
 def test_mala_leaves_the_target_invariant():

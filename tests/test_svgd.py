@@ -11,10 +11,12 @@ from pyro.infer.svgd import SteinKernel
 from pyro.optim import Adam
 from torch.testing import assert_close
 
+import pyro_disco.infer
 from pyro_disco import GaussianKDE, GaussianMixture
 from pyro_disco.distributions import LearnedScore
-from pyro_disco.infer.particles import flow_init, flow_run, flow_step
-from pyro_disco.infer.svgd import score_factor, svgd_direction, svgd_init, svgd_run, svgd_step
+from pyro_disco.infer import particles as flow
+from pyro_disco.infer import svgd
+from pyro_disco.infer.svgd import score_factor, svgd_direction
 from pyro_disco.kernels import IMQ, RBF
 
 from helpers import COV_2D, GAUSSIAN_2D, MEAN_2D, check_moments, gen
@@ -71,7 +73,7 @@ def test_pyro_stein_kernel_gives_the_same_direction_as_ours():
 
 @pytest.mark.parametrize("kernel", [RBFSteinKernel(), IMQSteinKernel()])
 def test_svgd_with_pyro_kernels_recovers_a_gaussian(kernel):
-    out = svgd_run(_start(150, 2), GAUSSIAN_2D, 0.05, 300, kernel=kernel)
+    out = svgd.run(_start(150, 2), GAUSSIAN_2D, 0.05, 300, kernel=kernel)
     check_moments(out.particles, MEAN_2D, COV_2D)
 
 
@@ -79,7 +81,7 @@ def test_adam_step_is_the_adam_update():
     # torch.optim.Adam rebuilt from the state each step = Kingma & Ba's update written out
     # (ascent on phi, eps outside the square root), to round-off over several steps.
     kernel, lr, (b1, b2), eps = RBF(bandwidth=1.0), 0.1, (0.9, 0.999), 1e-6
-    state = svgd_init(_start(10, 3))
+    state = svgd.init(_start(10, 3))
     x, m, v = state.particles.clone(), torch.zeros(10, 2, dtype=F64), torch.zeros(10, 2, dtype=F64)
     for t in range(1, 5):
         phi, _ = svgd_direction(x, GAUSSIAN_2D, kernel)
@@ -87,9 +89,9 @@ def test_adam_step_is_the_adam_update():
         v = b2 * v + (1 - b2) * phi**2
         x = x + lr * (m / (1 - b1**t)) / (eps + (v / (1 - b2**t)).sqrt())
         before = state.particles.clone()
-        state, _ = svgd_step(state, GAUSSIAN_2D, lr, kernel=kernel)
+        state, _ = svgd.step(state, GAUSSIAN_2D, lr, kernel=kernel)
         assert_close(state.particles, x, rtol=1e-12, atol=1e-12)
-    sgd, _ = svgd_step(svgd_init(before), GAUSSIAN_2D, lr, kernel=kernel, optimizer="sgd")
+    sgd, _ = svgd.step(svgd.init(before), GAUSSIAN_2D, lr, kernel=kernel, optimizer="sgd")
     assert_close(sgd.particles, before + lr * svgd_direction(before, GAUSSIAN_2D, kernel)[0], **EXACT)
 
 
@@ -102,16 +104,16 @@ def test_single_particle_follows_the_score():
 def test_run_shapes_errors_and_no_mutation():
     x = _start(20, 1)
     before = x.clone()
-    out = svgd_run(x, GAUSSIAN_2D.score, 0.1, 6, save_every=2)
+    out = svgd.run(x, GAUSSIAN_2D.score, 0.1, 6, save_every=2)
     assert out.particles.shape == (20, 2) and out.trajectory.shape == (4, 20, 2)
     assert out.info.bandwidth.shape == (6,) and torch.equal(x, before)
-    assert svgd_run(x, GAUSSIAN_2D, 0.1, 2).trajectory is None
+    assert svgd.run(x, GAUSSIAN_2D, 0.1, 2).trajectory is None
     with pytest.raises(ValueError, match="optimizer"):
-        svgd_run(x, GAUSSIAN_2D, 0.1, 2, optimizer="lbfgs")
+        svgd.run(x, GAUSSIAN_2D, 0.1, 2, optimizer="lbfgs")
     with pytest.raises(ValueError, match=r"\(n, d\)"):
-        svgd_run(x[0], GAUSSIAN_2D, 0.1, 2)
+        svgd.run(x[0], GAUSSIAN_2D, 0.1, 2)
     with pytest.raises(ValueError, match="bandwidth_rule"):
-        svgd_run(x, GAUSSIAN_2D, 0.1, 2, bandwidth_rule="silverman")
+        svgd.run(x, GAUSSIAN_2D, 0.1, 2, bandwidth_rule="silverman")
 
 
 # ------------------------------------------------------------------ SVGD recovers targets
@@ -119,7 +121,7 @@ def test_run_shapes_errors_and_no_mutation():
 
 @pytest.mark.parametrize("kernel,optimizer", [(RBF(), "adam"), (IMQ(), "adam"), (RBF(), "adagrad")])
 def test_svgd_recovers_a_gaussian_with_the_exact_score(kernel, optimizer):
-    out = svgd_run(_start(150, 2), GAUSSIAN_2D, 0.05, 300, kernel=kernel, optimizer=optimizer)
+    out = svgd.run(_start(150, 2), GAUSSIAN_2D, 0.05, 300, kernel=kernel, optimizer=optimizer)
     check_moments(out.particles, MEAN_2D, COV_2D)
 
 
@@ -129,7 +131,7 @@ def test_svgd_with_a_kde_score_recovers_the_kde_moments():
     kde = GaussianKDE(MEAN_2D + _start(400, 3) @ chol.T)
     n = kde.samples.shape[0]
     mean, cov = kde.samples.mean(0), torch.cov(kde.samples.T) * (n - 1) / n + kde.covariance
-    out = svgd_run(_start(150, 4), kde, 0.05, 300)
+    out = svgd.run(_start(150, 4), kde, 0.05, 300)
     check_moments(out.particles, mean, cov)
 
 
@@ -152,7 +154,7 @@ def test_svgd_recovers_mixture_weights(score):
         z = target.samples.squeeze(-1) / target.covariance.sqrt().squeeze()
         mass = float((0.5 * (1 + torch.erf(z / math.sqrt(2)))).mean())
     n = 200
-    out = svgd_run(2.0 * _start(n, 5, d=1), target, 0.05, 400)
+    out = svgd.run(2.0 * _start(n, 5, d=1), target, 0.05, 400)
     frac = float((out.particles[:, 0] > 0).double().mean())
     assert abs(frac - mass) < 4 * math.sqrt(mass * (1 - mass) / n)
 
@@ -207,6 +209,13 @@ def test_score_factor_value_is_zero_and_gradient_is_the_score():
     assert_close(g, GAUSSIAN_2D.score(x.detach()), **EXACT)
 
 
+def test_first_release_names_are_the_same_functions():
+    # init/step/run per module (BlackJAX's naming); the prefixed names of the first release stay
+    assert (svgd.svgd_init, svgd.svgd_step, svgd.svgd_run) == (svgd.init, svgd.step, svgd.run)
+    assert (flow.flow_init, flow.flow_step, flow.flow_run) == (flow.init, flow.step, flow.run)
+    assert pyro_disco.infer.svgd_run is svgd.run and pyro_disco.infer.flow_run is flow.run
+
+
 # ------------------------------------------------------------------ score-based particle flow
 
 
@@ -224,7 +233,7 @@ class GaussianFit:
 
 def test_flow_with_exact_cloud_score_converges_to_the_target():
     x0 = 0.5 * _start(100, 8) + 3.0
-    out = flow_run(x0, GAUSSIAN_2D, GaussianFit, step_size=0.05, num_steps=600)
+    out = flow.run(x0, GAUSSIAN_2D, GaussianFit, step_size=0.05, num_steps=600)
     # exponential convergence at rate >= 1/2.2 (the largest eigenvalue of S): error ~ 4 e^{-13.6} at t = 30
     assert_close(out.particles.mean(0), MEAN_2D, rtol=0, atol=1e-4)
     assert_close(torch.cov(out.particles.T), COV_2D, rtol=1e-3, atol=1e-4)
@@ -233,12 +242,12 @@ def test_flow_with_exact_cloud_score_converges_to_the_target():
 def test_flow_covariance_follows_the_fokker_planck_ode():
     # Euler steps of the particle flow = Euler steps of the covariance ODE, exactly.
     x = _start(50, 9)
-    state = flow_init(x)
+    state = flow.init(x)
     prec = torch.linalg.inv(COV_2D)
     cov = torch.cov(x.T)
     h = 0.01
     for _ in range(5):
-        state, _ = flow_step(state, GAUSSIAN_2D, h, GaussianFit)
+        state, _ = flow.step(state, GAUSSIAN_2D, h, GaussianFit)
         a = torch.eye(2, dtype=F64) - h * prec + h * torch.linalg.inv(cov)
         cov = a @ cov @ a.T
     assert_close(torch.cov(state.particles.T), cov, rtol=1e-9, atol=1e-12)
@@ -250,7 +259,7 @@ def test_blob_flow_with_kde_is_biased_as_predicted():
     # the mean is exact (4 iid SE); the covariance is matched to 12 % because the KDE's
     # self-interaction at each particle adds a further ~5-7 % contraction at n = 200 (measured).
     n = 200
-    out = flow_run(_start(n, 10), GAUSSIAN_2D, step_size=0.1, num_steps=150, save_every=50)
+    out = flow.run(_start(n, 10), GAUSSIAN_2D, step_size=0.1, num_steps=150, save_every=50)
     p = out.particles
     assert out.trajectory.shape == (4, n, 2) and out.times.shape == (4,)
     assert ((p.mean(0) - MEAN_2D).abs() < 4 * (COV_2D.diagonal() / n).sqrt()).all()

@@ -44,6 +44,7 @@ __all__ = [
     "StepSizeState",
     "LangevinRun",
     "init",
+    "step",
     "ula_step",
     "mala_step",
     "step_size_init",
@@ -194,6 +195,24 @@ def mala_step(
         torch.where(a, score_y, state.score),
     )
     return new, LangevinInfo(prob, accept, divergent)
+
+
+def step(
+    state: LangevinState,
+    fn: Callable,
+    step_size: float,
+    *,
+    method: str = "mala",
+    generator: torch.Generator | None = None,
+) -> tuple[LangevinState, LangevinInfo]:
+    """One Langevin step, :func:`mala_step` (``fn`` is a ``logdensity_and_score_fn``) or
+    :func:`ula_step` (``method="ula"``: ``fn`` is a ``score_fn``), so that the module reads
+    ``init``/``step``/``run`` like the other samplers."""
+    if method == "mala":
+        return mala_step(state, fn, step_size, generator=generator)
+    if method == "ula":
+        return ula_step(state, fn, step_size, generator=generator)
+    raise ValueError(f"method must be 'ula' or 'mala', got {method!r}")
 
 
 def _finite_state(state: LangevinState) -> Tensor:

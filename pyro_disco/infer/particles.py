@@ -18,9 +18,13 @@ References: Carrillo, Craig & Patacchini (2019), *A blob method for diffusion*,
 arXiv:1709.09195; Maoutsa, Reich & Opper (2020), arXiv:2004.09813; DiScoFormer,
 arXiv:2511.05924.
 
+The functional core is :func:`init`, :func:`step` and :func:`run` (BlackJAX's naming);
+``flow_init``, ``flow_step`` and ``flow_run`` are the same functions under the names of the first
+release, kept for compatibility.
+
 Example:
     >>> from pyro_disco import GaussianKDE
-    >>> out = flow_run(torch.randn(100, 2), lambda x: -x, lambda p: GaussianKDE(p), 0.1, 10)
+    >>> out = run(torch.randn(100, 2), lambda x: -x, lambda p: GaussianKDE(p), 0.1, 10)
     >>> out.particles.shape
     torch.Size([100, 2])
 """
@@ -37,7 +41,18 @@ from tqdm.auto import tqdm
 from pyro_disco.estimators.base import ScoreLike, as_score_fn
 from pyro_disco.estimators.kde import GaussianKDE
 
-__all__ = ["FlowState", "FlowInfo", "FlowRun", "flow_init", "flow_step", "flow_run", "kde_factory"]
+__all__ = [
+    "FlowState",
+    "FlowInfo",
+    "FlowRun",
+    "init",
+    "step",
+    "run",
+    "flow_init",
+    "flow_step",
+    "flow_run",
+    "kde_factory",
+]
 
 
 class FlowState(NamedTuple):
@@ -68,14 +83,14 @@ def kde_factory(particles: Tensor) -> GaussianKDE:
     return GaussianKDE(particles)
 
 
-def flow_init(particles: Tensor) -> FlowState:
+def init(particles: Tensor) -> FlowState:
     """Start at time 0 from ``particles`` ``(n, d)`` (not modified)."""
     if particles.dim() != 2:
         raise ValueError(f"particles must be (n, d), got {tuple(particles.shape)}")
     return FlowState(particles.detach(), particles.new_zeros(()))
 
 
-def flow_step(
+def step(
     state: FlowState, target_score: ScoreLike, step_size: float, estimator_fn: Callable = kde_factory
 ) -> tuple[FlowState, FlowInfo]:
     """One Euler step :math:`x \\mathrel{+}= h(\\nabla\\log\\pi(x) - \\widehat{\\nabla\\log\\rho}(x))`,
@@ -90,7 +105,7 @@ def flow_step(
     )
 
 
-def flow_run(
+def run(
     particles: Tensor,
     target_score: ScoreLike,
     estimator_fn: Callable = kde_factory,
@@ -100,7 +115,7 @@ def flow_run(
     save_every: int = 0,
     progress: bool = False,
 ) -> FlowRun:
-    """Run :func:`flow_step` ``num_steps`` times from ``particles`` ``(n, d)``.
+    """Run :func:`step` ``num_steps`` times from ``particles`` ``(n, d)``.
 
     Args:
         target_score: an estimator or ``score_fn`` of the target :math:`\\pi`.
@@ -109,12 +124,12 @@ def flow_run(
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    state = flow_init(particles)
+    state = init(particles)
     saved = [state.particles] if save_every else []
     times = [state.time] if save_every else []
     infos = []
     for i in tqdm(range(num_steps), disable=not progress, desc="particle flow"):
-        state, info = flow_step(state, target_score, step_size, estimator_fn)
+        state, info = step(state, target_score, step_size, estimator_fn)
         infos.append(info)
         if save_every and (i + 1) % save_every == 0:
             saved.append(state.particles)
@@ -123,3 +138,7 @@ def flow_run(
     if not saved:
         return FlowRun(state.particles, None, None, info)
     return FlowRun(state.particles, torch.stack(saved), torch.stack(times), info)
+
+
+# The first release's names, kept for compatibility (pyro_disco.infer exports flow_run).
+flow_init, flow_step, flow_run = init, step, run

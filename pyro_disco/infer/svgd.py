@@ -16,9 +16,13 @@ Inside :class:`pyro.infer.SVGD`, put a :class:`~pyro_disco.distributions.Learned
 site (its ``log_prob`` gradient is the learned score), or, when only a score function exists,
 use :func:`score_factor`.
 
+The functional core is :func:`init`, :func:`step` and :func:`run` (BlackJAX's naming);
+``svgd_init``, ``svgd_step`` and ``svgd_run`` are the same functions under the names of the first
+release, kept for compatibility.
+
 Example:
     >>> score_fn = lambda x: -x
-    >>> out = svgd_run(torch.randn(50, 2) + 3.0, score_fn, 0.1, 100)
+    >>> out = run(torch.randn(50, 2) + 3.0, score_fn, 0.1, 100)
     >>> out.particles.shape
     torch.Size([50, 2])
 """
@@ -45,6 +49,9 @@ __all__ = [
     "SVGDInfo",
     "SVGDRun",
     "svgd_direction",
+    "init",
+    "step",
+    "run",
     "svgd_init",
     "svgd_step",
     "svgd_run",
@@ -107,7 +114,7 @@ def svgd_direction(
 
     A Pyro :class:`~pyro.infer.svgd.SteinKernel` is used as Pyro's ``SVGD(mode="multivariate")``
     uses it: one kernel on :math:`\\mathbb R^d`, the product of its per-coordinate factors, so
-    that ``svgd_run(x, score, lr, k, kernel=RBFSteinKernel())`` takes the same direction Pyro's
+    that ``run(x, score, lr, k, kernel=RBFSteinKernel())`` takes the same direction Pyro's
     SVGD would on a model with that score. Its bandwidths come from its own rule
     (``bandwidth_rule`` does not apply; the reported bandwidth is NaN).
     """
@@ -139,7 +146,7 @@ def svgd_direction(
     return (drive + repulse) / n, h
 
 
-def svgd_init(particles: Tensor) -> SVGDState:
+def init(particles: Tensor) -> SVGDState:
     """Start from ``particles`` ``(n, d)`` (not modified)."""
     if particles.dim() != 2:
         raise ValueError(f"particles must be (n, d), got {tuple(particles.shape)}")
@@ -147,7 +154,7 @@ def svgd_init(particles: Tensor) -> SVGDState:
     return SVGDState(x, torch.zeros_like(x), torch.zeros_like(x), 0)
 
 
-def svgd_step(
+def step(
     state: SVGDState,
     score: ScoreLike,
     step_size: float,
@@ -195,7 +202,7 @@ def svgd_step(
     return SVGDState(x.detach(), m, v, t), info
 
 
-def svgd_run(
+def run(
     particles: Tensor,
     score: ScoreLike,
     step_size: float,
@@ -207,14 +214,14 @@ def svgd_run(
     save_every: int = 0,
     progress: bool = False,
 ) -> SVGDRun:
-    """Run ``num_steps`` SVGD steps from ``particles`` ``(n, d)``; see :func:`svgd_step`."""
+    """Run ``num_steps`` SVGD steps from ``particles`` ``(n, d)``; see :func:`step`."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    state = svgd_init(particles)
+    state = init(particles)
     saved = [state.particles] if save_every else []
     infos = []
     for i in tqdm(range(num_steps), disable=not progress, desc="SVGD"):
-        state, info = svgd_step(
+        state, info = step(
             state, score, step_size, kernel=kernel, optimizer=optimizer, bandwidth_rule=bandwidth_rule
         )
         infos.append(info)
@@ -222,6 +229,10 @@ def svgd_run(
             saved.append(state.particles)
     info = SVGDInfo(*(torch.stack(f) for f in zip(*infos, strict=True)))
     return SVGDRun(state.particles, torch.stack(saved) if saved else None, info)
+
+
+# The first release's names, kept for compatibility (pyro_disco.infer exports svgd_run).
+svgd_init, svgd_step, svgd_run = init, step, run
 
 
 class _ScoreSurrogate(torch.autograd.Function):
