@@ -21,6 +21,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
             "Scott KDE",
         ),
         ("scale.py", ["--n", "512", "--m", "256", "--universal"], "universal / KDE time ratio"),
+        ("scale.py", ["--sweep", "--dims", "2", "--sizes", "256", "512"], "Log-log slope"),
         ("pde.py", ["--sizes", "300"], "BKW d=3"),
         (
             "universal.py",
