@@ -24,6 +24,8 @@ from torch.testing import assert_close
 from pyro_disco.estimators.kde import GaussianKDE
 from pyro_disco.estimators.sharded import sharded_logdensity_and_score
 from pyro_disco.training import TrainConfig, train
+from pyro_disco.training import distributed as ddp
+from pyro_disco.training.train import _draw_step
 
 WORLD = 2
 # global batch 128 // 32 = 4 sets: 2 per rank
@@ -132,3 +134,19 @@ def test_sharded_queries_equal_one_process(spawned: Path) -> None:
         # float64; the ranks' row blocks differ from the one-process blocks
         assert_close(got["logp"], logp, rtol=1e-12, atol=1e-12)
         assert_close(got["score"], score, rtol=1e-12, atol=1e-12)
+
+
+def test_ranks_draw_disjoint_shares_of_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without processes: rank r of 2 draws sets 2r, 2r + 1 of the 4-set global batch, and the
+    ranks' shares concatenated are exactly the batch one process draws (same step, same seed)."""
+
+    def draw(rank: int, world_size: int) -> tuple:
+        monkeypatch.setattr(ddp, "world", lambda: (rank, world_size))
+        return _draw_step(CFG, torch.Generator().manual_seed(7), torch.device("cpu"))[2]
+
+    whole = draw(0, 1)
+    shares = [draw(r, WORLD) for r in range(WORLD)]
+    assert whole.context.shape[0] == 4 and all(s.context.shape[0] == 2 for s in shares)
+    for field, full in zip(whole._fields, whole):
+        assert torch.equal(torch.cat([getattr(s, field) for s in shares]), full), field
+    assert list(ddp.rank_sets(5, 1, 2)) == [3, 4, 5]  # 5 sets on 2 ranks: rounded up to 3 each
