@@ -36,18 +36,18 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from pyro_disco._validation import as_samples
-from pyro_disco.estimators.base import Estimator
+from pyro_disco.estimators.base import Estimator, EstimatorFactory
 from pyro_disco.estimators.kde import GaussianKDE
 
 __all__ = ["Estimate", "fisher_information", "fisher_matrix", "relative_fisher_information", "entropy"]
 
-EstimatorLike = Any  # an object with .score/.logdensity, or a factory samples -> such an object
+EstimatorLike = Estimator | EstimatorFactory  # a fitted estimator, or a factory samples -> estimator
 
 
 class Estimate(NamedTuple):

@@ -77,7 +77,7 @@ def test_divergences_land_on_the_right_draws():
         return torch.full_like(x, float("inf"))
 
     mcmc = MCMC(
-        ULA(score_fn=bad, initial_params={"x": torch.zeros(2)}),
+        ULA(score=bad, initial_params={"x": torch.zeros(2)}),
         num_samples=4,
         warmup_steps=1,
         disable_progbar=True,

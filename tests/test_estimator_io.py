@@ -87,7 +87,7 @@ def test_queries_follow_the_estimators_dtype_and_come_back_in_their_own(name):
 def test_mala_with_float32_initial_params_and_a_float64_estimator():
     ls = LearnedScore(_x(300), estimator="kde")
     assert "LearnedScore(n=300, d=2" in repr(ls)
-    kernel = MALA(score_fn=ls.estimator, logdensity_fn=ls.estimator.logdensity, step_size=0.3)
+    kernel = MALA(score=ls.estimator, logdensity_fn=ls.estimator.logdensity, step_size=0.3)
     init = {"x": torch.zeros(2)}  # Pyro's default dtype, float32
     mcmc = MCMC(kernel, num_samples=20, warmup_steps=10, initial_params=init, disable_progbar=True)
     mcmc.run()

@@ -240,7 +240,7 @@ def test_mala_kernel_with_a_bare_score_and_estimator():
     pyro.set_rng_seed(2)
     x0 = {"x": torch.zeros(2, dtype=F64)}
     mcmc = MCMC(
-        MALA(score_fn=GAUSSIAN_2D.score, logdensity_fn=GAUSSIAN_2D.logdensity, initial_params=x0),
+        MALA(score=GAUSSIAN_2D.score, logdensity_fn=GAUSSIAN_2D.logdensity, initial_params=x0),
         num_samples=500,
         warmup_steps=200,
         disable_progbar=True,
@@ -249,7 +249,7 @@ def test_mala_kernel_with_a_bare_score_and_estimator():
     x = mcmc.get_samples()["x"]
     assert ((x.mean(0) - MEAN_2D).abs() < 4 * _ess_se(x)).all()
     mcmc2 = MCMC(
-        MALA(score_fn=GAUSSIAN_2D, site="theta"),
+        MALA(score=GAUSSIAN_2D, site="theta"),
         num_samples=5,
         warmup_steps=5,
         disable_progbar=True,
@@ -265,11 +265,24 @@ def test_kernel_argument_errors():
     with pytest.raises(ValueError, match="exactly one"):
         ULA(gaussian_model, potential_fn=gaussian_potential)
     with pytest.raises(ValueError, match="logdensity_fn"):
-        MALA(score_fn=GAUSSIAN_2D.score)
+        MALA(score=GAUSSIAN_2D.score)
     with pytest.raises(ValueError, match="step_size"):
         ULA(gaussian_model, step_size=-1.0)
     with pytest.raises(ValueError, match="initial_params"):
-        MCMC(ULA(score_fn=GAUSSIAN_2D.score), num_samples=2, warmup_steps=0, disable_progbar=True).run()
+        MCMC(ULA(score=GAUSSIAN_2D.score), num_samples=2, warmup_steps=0, disable_progbar=True).run()
+
+
+def test_first_release_keyword_names_still_work():
+    # score_fn= (kernels) and target= (run) are the old names of score=: same draws, and a warning
+    x0 = torch.zeros(3, 2, dtype=F64)
+    with pytest.warns(DeprecationWarning, match="score="):
+        old = run(x0, target=GAUSSIAN_2D, step_size=0.1, num_steps=4, generator=gen(0))
+    assert torch.equal(old.samples, run(x0, GAUSSIAN_2D, 0.1, 4, generator=gen(0)).samples)
+    with pytest.warns(DeprecationWarning, match="score="):
+        kernel = MALA(score_fn=GAUSSIAN_2D)
+    assert kernel.score is GAUSSIAN_2D
+    with pytest.raises(TypeError, match="both"):
+        ULA(score=GAUSSIAN_2D.score, score_fn=GAUSSIAN_2D.score)
 
 
 def test_kernel_divergences_are_reported():
@@ -278,7 +291,7 @@ def test_kernel_divergences_are_reported():
         return torch.full_like(x, float("inf"))
 
     mcmc = MCMC(
-        ULA(score_fn=bad, initial_params={"x": torch.zeros(2, dtype=F64)}),
+        ULA(score=bad, initial_params={"x": torch.zeros(2, dtype=F64)}),
         num_samples=4,
         warmup_steps=2,
         disable_progbar=True,

@@ -1,5 +1,6 @@
 """Particle solvers for Fokker–Planck and Landau against exact solutions (pyro_disco.pde)."""
 
+import functools
 import math
 
 import pytest
@@ -66,7 +67,7 @@ def test_solve_contract_shapes_no_mutation_and_errors():
     bkw = BKW.standard_2d()
     x0 = bkw.sample_initial(60, generator=gen(0))
     copy = x0.clone()
-    traj = solve(bkw, x0, [0.0, 0.5, 1.0], score=GaussianKDE, method="heun", step_size=0.25, progress=False)
+    traj = solve(bkw, x0, [0.0, 0.5, 1.0], fit=GaussianKDE, method="heun", step_size=0.25, progress=False)
     assert traj.particles.shape == (3, 60, 2) and traj.times.shape == (3,)
     assert traj.diagnostics["covariance"].shape == (3, 2, 2)
     assert traj.diagnostics["fourth_moment_error"].shape == (3,)
@@ -81,6 +82,10 @@ def test_solve_contract_shapes_no_mutation_and_errors():
         solve(Landau.maxwell(), x0, [0.0, 1.0], score="exact", progress=False)
     with pytest.raises(TypeError, match="factory"):
         solve(bkw, x0, [0.0, 1.0], score=GaussianKDE(x0), progress=False)
+    with pytest.raises(TypeError, match="factory"):
+        solve(bkw, x0, [0.0, 1.0], fit=GaussianKDE(x0), progress=False)
+    with pytest.raises(ValueError, match="one of"):
+        solve(bkw, x0, [0.0, 1.0], score="exact", fit=GaussianKDE, progress=False)
     with pytest.raises(TypeError, match="problem"):
         solve("landau", x0, [0.0, 1.0], progress=False)
     with pytest.raises(ValueError, match="K >="):
@@ -195,7 +200,7 @@ def test_two_mode_start_tracks_the_exact_covariance(problem):
         err = (diagnostics.covariance(x) - sol.covariance(t)).abs()
         assert bool((err < 4 * covariance_se(x)).all()), t  # exact samples: within 4 MC SE
     assert_close(exact.diagnostics["score_error"], torch.zeros(5, dtype=DT), rtol=0, atol=0)
-    kde = solve(sol, x0, times, score=GaussianKDE, method="heun", step_size=0.05, progress=False)
+    kde = solve(sol, x0, times, fit=GaussianKDE, method="heun", step_size=0.05, progress=False)
     score_error = kde.diagnostics["score_error"]
     assert float(score_error[-1]) < float(score_error[0])  # mixture -> unimodal: KDE's score improves
     assert float(score_error.max()) < 0.5  # Scott KDE at n=300, d=2: ~30% on a two-mode start (DESIGN §4)
@@ -243,7 +248,7 @@ def test_anisotropic_maxwell_relaxation_law():
     x0 = law.sample_initial(300, generator=gen(13))
     own = MaxwellRelaxation.from_particles(law.problem, x0)
     times = torch.linspace(0, 2, 5)
-    traj = solve(own, x0, times, score=GaussianFit, method="midpoint", step_size=0.1, progress=False)
+    traj = solve(own, x0, times, fit=GaussianFit, method="midpoint", step_size=0.1, progress=False)
     tol = 2 * float(covariance_se(x0).max())  # the non-Gaussian corrections are well inside 2 MC SE
     for t, cov in zip(times.tolist(), traj.diagnostics["covariance"], strict=True):
         assert_close(cov, own.covariance(t), rtol=0, atol=tol)
@@ -254,6 +259,22 @@ def test_anisotropic_maxwell_relaxation_law():
 # --------------------------------------------------------------------------- invariants
 
 
+def test_first_release_spellings_of_fit_and_score_fn_still_work():
+    # score=<factory> and score=<score_fn(x, t)> (told apart by signature before) give the same
+    # trajectories as fit= and score_fn=, with a DeprecationWarning; a partial is a factory too.
+    bkw = BKW.standard_2d()
+    x0 = bkw.sample_initial(40, generator=gen(0))
+    run = functools.partial(solve, bkw, x0, [0.0, 0.5], method="heun", step_size=0.25, progress=False)
+    factory = functools.partial(GaussianKDE, bandwidth="silverman")
+    with pytest.warns(DeprecationWarning, match="fit="):
+        legacy = run(score=factory)
+    assert torch.equal(legacy.particles, run(fit=factory).particles)
+    score_fn = smooth_arbitrary_score(2)
+    with pytest.warns(DeprecationWarning, match="score_fn="):
+        legacy = run(score=score_fn)
+    assert torch.equal(legacy.particles, run(score_fn=score_fn).particles)
+
+
 @pytest.mark.parametrize("landau", [Landau.maxwell(0.1), Landau.coulomb(0.1)], ids=["maxwell", "coulomb"])
 @pytest.mark.parametrize("method", ["euler", "heun"])
 def test_momentum_conserved_and_energy_rate_zero_for_any_score(landau, method):
@@ -262,7 +283,7 @@ def test_momentum_conserved_and_energy_rate_zero_for_any_score(landau, method):
         landau,
         x0,
         torch.linspace(0, 1, 5),
-        score=smooth_arbitrary_score(3),
+        score_fn=smooth_arbitrary_score(3),
         method=method,
         step_size=0.05,
         progress=False,
@@ -277,7 +298,7 @@ def test_momentum_conserved_and_energy_rate_zero_for_any_score(landau, method):
 def test_implicit_midpoint_conserves_energy_to_roundoff_with_kde_score():
     bkw = BKW.standard_2d()
     x0 = bkw.sample_initial(100, generator=gen(15))
-    traj = solve(bkw, x0, [0.0, 1.0], score=GaussianKDE, method="midpoint", step_size=0.25, progress=False)
+    traj = solve(bkw, x0, [0.0, 1.0], fit=GaussianKDE, method="midpoint", step_size=0.25, progress=False)
     assert float((traj.particles[-1] - x0).abs().max()) > 1e-2  # it moved
     assert_close(traj.diagnostics["energy_drift"], torch.zeros(2, dtype=DT), rtol=0, atol=1e-12)
     assert_close(traj.diagnostics["momentum_drift"], torch.zeros(2, dtype=DT), **ROUNDOFF)
@@ -314,7 +335,7 @@ def test_score_fn_and_factory_paths_and_entropy_of_a_gaussian():
     times = torch.linspace(0, 1, 3)
     exact = solve(sol, x0, times, score="exact", method="heun", step_size=0.05, progress=False)
     as_fn = solve(
-        heat, x0, times, score=lambda x, t: sol.score(x, t), method="heun", step_size=0.05, progress=False
+        heat, x0, times, score_fn=lambda x, t: sol.score(x, t), method="heun", step_size=0.05, progress=False
     )
     assert_close(as_fn.particles, exact.particles, rtol=0, atol=0)  # same velocity, same numbers
     assert "entropy" not in as_fn.diagnostics and "covariance_error" not in as_fn.diagnostics
@@ -322,7 +343,7 @@ def test_score_fn_and_factory_paths_and_entropy_of_a_gaussian():
     for t, h in zip(times.tolist(), exact.diagnostics["entropy"], strict=True):
         want = 0.5 * float(torch.logdet(2 * math.pi * math.e * sol.covariance(t)))
         assert abs(float(h) - want) < 4 * se, t
-    kde = solve(heat, x0, times, score=GaussianKDE, step_size=0.1, progress=False)
+    kde = solve(heat, x0, times, fit=GaussianKDE, step_size=0.1, progress=False)
     assert bool((kde.diagnostics["entropy_rate"] > 0).all())  # heat: dH/dt = D E|s|^2 > 0
     with pytest.raises(ValueError, match="d <= 3"):
         diagnostics.density_l2_error(lambda y: y[:, 0], lambda y: y[:, 0], torch.zeros(4), torch.ones(4))

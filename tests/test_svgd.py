@@ -216,6 +216,14 @@ def test_first_release_names_are_the_same_functions():
     assert pyro_disco.infer.svgd_run is svgd.run and pyro_disco.infer.flow_run is flow.run
 
 
+def test_flow_first_release_keyword_names_still_work():
+    x = _start(30, 1)
+    new = flow.run(x, GAUSSIAN_2D, fit=GaussianKDE, step_size=0.1, num_steps=3)
+    with pytest.warns(DeprecationWarning):
+        old = flow.flow_run(x, target_score=GAUSSIAN_2D, estimator_fn=GaussianKDE, step_size=0.1, num_steps=3)
+    assert torch.equal(old.particles, new.particles)
+
+
 # ------------------------------------------------------------------ score-based particle flow
 
 

@@ -6,9 +6,16 @@ An *estimator* is built from ``samples`` of shape ``(n, d)`` and answers, at que
 - ``logdensity(x)`` of shape ``(...)`` — an estimate of :math:`\\log p(x)`;
 - ``score(x)`` of shape ``(..., d)`` — an estimate of :math:`\\nabla_x \\log p(x)`.
 
-Langevin, SVGD, Stein, Fisher and the PDE solvers accept either such an object or a bare
-``score_fn(x) -> (..., d)``; :func:`as_score_fn` and :func:`as_logdensity_fn` make the two
-interchangeable.
+The vocabulary of what the rest of the package takes, one type and one coercion each:
+
+- :class:`Estimator` — a fitted estimator (the protocol above, with ``logdensity_and_score``);
+  :func:`as_logdensity_and_score_fn` gives its ``fn(x) -> (logdensity, score)``.
+- :data:`ScoreFn` — a bare ``score_fn(x) -> (..., d)``. A *score source* (:data:`ScoreLike`) is an
+  estimator or a ``ScoreFn``; functions take it as ``score=`` and read it through
+  :func:`as_score_fn`.
+- :data:`EstimatorFactory` — ``samples (n, d) -> Estimator`` (``GaussianKDE``,
+  ``pretrained_estimator``, a lambda), refitted where the samples move; functions take it as
+  ``fit=`` and read it through :func:`as_estimator_factory`.
 
 **dtype and device rule.** Queries of any floating dtype and any device are accepted: they are
 evaluated in the samples' dtype and on the samples' device, and the answer comes back in the
@@ -32,14 +39,25 @@ from pyro_disco._validation import as_queries
 if TYPE_CHECKING:  # typing.Self is Python >= 3.11
     from typing_extensions import Self
 
-__all__ = ["Estimator", "SampleEstimator", "as_score_fn", "as_logdensity_fn", "ScoreLike"]
+__all__ = [
+    "Estimator",
+    "SampleEstimator",
+    "ScoreFn",
+    "ScoreLike",
+    "EstimatorFactory",
+    "as_score_fn",
+    "as_logdensity_fn",
+    "as_logdensity_and_score_fn",
+    "as_estimator_factory",
+]
 
 _IO_HOOKS: dict[str, Callable] = {}  # "save", "load", "move": set by pyro_disco.estimators.io
 
 
 @runtime_checkable
 class Estimator(Protocol):
-    """Anything with ``dim``, ``logdensity(x) -> (...)`` and ``score(x) -> (..., d)``."""
+    """Anything with ``dim``, ``logdensity(x) -> (...)``, ``score(x) -> (..., d)`` and both at
+    once, ``logdensity_and_score(x)`` (every estimator and exact target of the package)."""
 
     dim: int
 
@@ -47,17 +65,65 @@ class Estimator(Protocol):
 
     def score(self, x: Tensor) -> Tensor: ...
 
+    def logdensity_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
 
-ScoreLike = Callable[[Tensor], Tensor] | Estimator
+
+ScoreFn = Callable[[Tensor], Tensor]  # score_fn(x (..., d)) -> (..., d)
+ScoreLike = ScoreFn | Estimator  # a score source: what score= takes
+EstimatorFactory = Callable[[Tensor], Estimator]  # samples (n, d) -> Estimator: what fit= takes
 
 
-def as_score_fn(score: ScoreLike) -> Callable[[Tensor], Tensor]:
+def as_score_fn(score: ScoreLike) -> ScoreFn:
     """Return a ``score_fn(x) -> (..., d)`` from an estimator or a callable."""
     if hasattr(score, "score") and callable(score.score):
         return score.score
     if callable(score):
         return score
     raise TypeError(f"expected a score function or an object with .score(x), got {type(score).__name__}")
+
+
+def as_logdensity_and_score_fn(
+    source: ScoreLike, logdensity_fn: Callable[[Tensor], Tensor] | None = None
+) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    """``fn(x) -> (logdensity (...), score (..., d))`` from an estimator (its
+    ``logdensity_and_score``, or its ``logdensity`` and ``score``), or from a ``score_fn`` plus a
+    ``logdensity_fn``."""
+    if logdensity_fn is None:
+        if callable(getattr(source, "logdensity_and_score", None)):
+            return source.logdensity_and_score
+        if callable(getattr(source, "logdensity", None)):
+            logdensity_fn = source.logdensity
+        else:
+            raise ValueError("MALA needs a log-density: pass an estimator, or logdensity_fn= with score_fn")
+    score_fn = as_score_fn(source)
+    return lambda x: (logdensity_fn(x), score_fn(x))
+
+
+def as_estimator_factory(fit: EstimatorFactory) -> EstimatorFactory:
+    """Check that ``fit`` is a factory ``samples -> estimator`` (a class such as ``GaussianKDE``
+    or a function) and return one whose result is checked to have ``.score(x)``.
+
+    A fitted estimator is not a factory (it would be the score of the wrong samples), nor is a
+    bare ``score_fn``: both are refused here or at the first call.
+    """
+    if hasattr(fit, "score") and not isinstance(fit, type):
+        raise TypeError(
+            f"fit= takes an estimator factory `samples -> estimator` (e.g. GaussianKDE), not a fitted "
+            f"{type(fit).__name__}; pass `lambda samples: ...` if you really mean a fixed estimator"
+        )
+    if not callable(fit):
+        raise TypeError(f"fit= takes an estimator factory `samples -> estimator`, got {type(fit).__name__}")
+
+    def factory(samples: Tensor) -> Estimator:
+        est = fit(samples)
+        if not callable(getattr(est, "score", None)):
+            raise TypeError(
+                f"the estimator factory returned {type(est).__name__}, which has no .score(x); a bare "
+                "score function is not a factory"
+            )
+        return est
+
+    return factory
 
 
 def as_logdensity_fn(obj: Callable[[Tensor], Tensor] | Estimator) -> Callable[[Tensor], Tensor]:

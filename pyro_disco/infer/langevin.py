@@ -36,7 +36,8 @@ from pyro.ops.dual_averaging import DualAveraging
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyro_disco.estimators.base import ScoreLike, as_score_fn
+from pyro_disco._compat import renamed_kwargs
+from pyro_disco.estimators.base import ScoreLike, as_logdensity_and_score_fn, as_score_fn
 
 __all__ = [
     "LangevinState",
@@ -93,18 +94,8 @@ class LangevinRun(NamedTuple):
     state: LangevinState
 
 
-def logdensity_and_score_fn(target: ScoreLike, logdensity_fn: Callable | None = None) -> Callable:
-    """``fn(x) -> (logdensity (...), score (..., d))`` from an estimator, or from a
-    ``score_fn`` plus a ``logdensity_fn``."""
-    if logdensity_fn is None:
-        if callable(getattr(target, "logdensity_and_score", None)):
-            return target.logdensity_and_score
-        if callable(getattr(target, "logdensity", None)):
-            logdensity_fn = target.logdensity
-        else:
-            raise ValueError("MALA needs a log-density: pass an estimator, or logdensity_fn= with score_fn")
-    score_fn = as_score_fn(target)
-    return lambda x: (logdensity_fn(x), score_fn(x))
+# The coercion lives with the vocabulary (pyro_disco.estimators.base); this name is kept.
+logdensity_and_score_fn = as_logdensity_and_score_fn
 
 
 def _checked_score(score: Tensor, position: Tensor) -> Tensor:
@@ -244,9 +235,10 @@ def step_size_update(
     return StepSizeState(float(log_h), float(log_h_avg), scheme)
 
 
+@renamed_kwargs(target="score")
 def run(
     position: Tensor,
-    target: ScoreLike,
+    score: ScoreLike,
     step_size: float,
     num_steps: int,
     *,
@@ -261,8 +253,8 @@ def run(
     """Run ULA or MALA chains from ``position`` ``(..., d)``.
 
     Args:
-        target: an estimator (``logdensity``/``score``) or a bare ``score_fn`` (ULA; MALA
-            then needs ``logdensity_fn``).
+        score: the score source, an estimator (``logdensity``/``score``) or a bare ``score_fn``
+            (ULA; MALA then needs ``logdensity_fn``). ``target=`` is its deprecated name.
         step_size: initial step size :math:`h` (kept fixed for ULA).
         num_steps: draws kept after ``num_warmup`` warm-up steps.
         adapt_step_size: MALA only: dual averaging during warm-up toward
@@ -277,9 +269,9 @@ def run(
         raise ValueError(f"method must be 'ula' or 'mala', got {method!r}")
     if num_steps < 1 or num_warmup < 0:
         raise ValueError(f"need num_steps >= 1 and num_warmup >= 0, got {num_steps}, {num_warmup}")
-    score_fn = as_score_fn(target)
+    score_fn = as_score_fn(score)
     if method == "mala":
-        both = logdensity_and_score_fn(target, logdensity_fn)
+        both = as_logdensity_and_score_fn(score, logdensity_fn)
         state = init(position, score_fn, logdensity_and_score_fn=both)
     else:
         state = init(position, score_fn)

@@ -20,10 +20,10 @@ from pyro.infer.mcmc.util import initialize_model
 from torch import Tensor
 from torch.distributions.transforms import Transform
 
-from pyro_disco.estimators.base import ScoreLike, as_score_fn
+from pyro_disco._compat import renamed_kwargs
+from pyro_disco.estimators.base import ScoreLike, as_logdensity_and_score_fn, as_score_fn
 from pyro_disco.infer.langevin import (
     init,
-    logdensity_and_score_fn,
     mala_step,
     step_size_init,
     step_size_update,
@@ -38,11 +38,12 @@ class _LangevinKernel(MCMCKernel):
 
     method = "mala"
 
+    @renamed_kwargs(score_fn="score")
     def __init__(
         self,
         model: Callable[..., Any] | None = None,
         potential_fn: Callable[[dict[str, Tensor]], Tensor] | None = None,
-        score_fn: ScoreLike | None = None,
+        score: ScoreLike | None = None,
         logdensity_fn: Callable[[Tensor], Tensor] | None = None,
         *,
         step_size: float = 0.1,
@@ -52,22 +53,22 @@ class _LangevinKernel(MCMCKernel):
         site: str = "x",
         initial_params: dict[str, Tensor] | None = None,
     ) -> None:
-        given = [a is not None for a in (model, potential_fn, score_fn)]
+        given = [a is not None for a in (model, potential_fn, score)]
         if sum(given) != 1:
-            raise ValueError("give exactly one of model=, potential_fn= or score_fn=")
+            raise ValueError("give exactly one of model=, potential_fn= or score=")
         if not (isinstance(step_size, (int, float)) and step_size > 0):
             raise ValueError(f"step_size must be a positive number, got {step_size!r}")
         if not 0.0 < target_accept_prob < 1.0:
             raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob}")
         if (
-            score_fn is not None
+            score is not None
             and self.method == "mala"
             and logdensity_fn is None
-            and not callable(getattr(score_fn, "logdensity", None))
+            and not callable(getattr(score, "logdensity", None))
         ):
             raise ValueError("MALA with a bare score_fn needs logdensity_fn= (or pass an estimator object)")
         self.model, self.potential_fn = model, potential_fn
-        self.score_fn, self.logdensity_fn = score_fn, logdensity_fn
+        self.score, self.logdensity_fn = score, logdensity_fn
         self.init_step_size, self.adapt_step_size = float(step_size), adapt_step_size
         self.target_accept_prob, self.site = target_accept_prob, site
         self.transforms = transforms if transforms is not None else (None if model is not None else {})
@@ -102,12 +103,12 @@ class _LangevinKernel(MCMCKernel):
             self._initial_params = self._user_params if self._user_params is not None else init_params
         if self._initial_params is None:
             raise ValueError(
-                "initial_params are required with potential_fn= or score_fn= "
+                "initial_params are required with potential_fn= or score= "
                 f"(e.g. MCMC(..., initial_params={{'{self.site}': x0}}))"
             )
-        if self.score_fn is not None and set(self._initial_params) != {self.site}:
+        if self.score is not None and set(self._initial_params) != {self.site}:
             got = sorted(self._initial_params)
-            raise ValueError(f"with score_fn= the only site is {self.site!r}, got {got}")
+            raise ValueError(f"with score= the only site is {self.site!r}, got {got}")
         self._names = sorted(self._initial_params)
         self._shapes = [self._initial_params[k].shape for k in self._names]
 
@@ -122,12 +123,12 @@ class _LangevinKernel(MCMCKernel):
         return out
 
     def _logdensity_and_score(self, flat: Tensor) -> tuple[Tensor, Tensor]:
-        if self.score_fn is not None:
+        if self.score is not None:
             x = flat.reshape(self._shapes[0])
-            if self.logdensity_fn is None and not callable(getattr(self.score_fn, "logdensity", None)):
+            if self.logdensity_fn is None and not callable(getattr(self.score, "logdensity", None)):
                 logp = torch.zeros((), dtype=flat.dtype)  # ULA only: never used for acceptance
-                return logp, as_score_fn(self.score_fn)(x).reshape(-1)
-            logp, score = logdensity_and_score_fn(self.score_fn, self.logdensity_fn)(x)
+                return logp, as_score_fn(self.score)(x).reshape(-1)
+            logp, score = as_logdensity_and_score_fn(self.score, self.logdensity_fn)(x)
             return logp.reshape(()), score.reshape(-1)
         with torch.enable_grad():
             z = flat.detach().requires_grad_(True)
@@ -186,13 +187,13 @@ class ULA(_LangevinKernel):
 
     Driven by exactly one of ``model`` (a Pyro model; latent sites in unconstrained space),
     ``potential_fn`` (``dict -> scalar`` potential energy :math:`-\log \pi`, Pyro's
-    convention) or ``score_fn`` (a bare ``score_fn(x)`` or an estimator, one site named
-    ``site``). Step size is fixed (there is no acceptance to adapt on); the chain is biased by
-    :math:`O(h)`.
+    convention) or ``score`` (a bare ``score_fn(x)`` or an estimator, one site named
+    ``site``; ``score_fn=`` is its deprecated name). Step size is fixed (there is no acceptance
+    to adapt on); the chain is biased by :math:`O(h)`.
 
     Example:
         >>> from pyro.infer import MCMC
-        >>> k = ULA(score_fn=lambda x: -x, step_size=0.1, initial_params={"x": torch.zeros(2)})
+        >>> k = ULA(score=lambda x: -x, step_size=0.1, initial_params={"x": torch.zeros(2)})
         >>> mcmc = MCMC(k, num_samples=20, warmup_steps=10, disable_progbar=True)
         >>> mcmc.run()
         >>> mcmc.get_samples()["x"].shape
@@ -201,11 +202,12 @@ class ULA(_LangevinKernel):
 
     method = "ula"
 
+    @renamed_kwargs(score_fn="score")
     def __init__(
         self,
         model: Callable[..., Any] | None = None,
         potential_fn: Callable[[dict[str, Tensor]], Tensor] | None = None,
-        score_fn: ScoreLike | None = None,
+        score: ScoreLike | None = None,
         *,
         step_size: float = 0.05,
         transforms: dict[str, Transform] | None = None,
@@ -215,7 +217,7 @@ class ULA(_LangevinKernel):
         super().__init__(
             model,
             potential_fn,
-            score_fn,
+            score,
             None,
             step_size=step_size,
             adapt_step_size=False,
@@ -228,8 +230,8 @@ class ULA(_LangevinKernel):
 class MALA(_LangevinKernel):
     r"""Metropolis-adjusted Langevin kernel for :class:`pyro.infer.MCMC`.
 
-    Same drivers as :class:`ULA`; with ``score_fn`` a log-density is needed too (an
-    estimator object carries one, or pass ``logdensity_fn``). During warm-up the step size
+    Same drivers as :class:`ULA`; with a bare ``score_fn`` as ``score`` a log-density is needed
+    too (an estimator object carries one, or pass ``logdensity_fn``). During warm-up the step size
     is adapted by dual averaging toward ``target_accept_prob`` (default 0.574, the optimal
     MALA rate of Roberts & Rosenthal 1998).
 

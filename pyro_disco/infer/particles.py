@@ -31,14 +31,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyro_disco.estimators.base import ScoreLike, as_score_fn
+from pyro_disco._compat import renamed_kwargs
+from pyro_disco.estimators.base import EstimatorFactory, ScoreLike, as_score_fn
 from pyro_disco.estimators.kde import GaussianKDE
 
 __all__ = [
@@ -90,25 +90,28 @@ def init(particles: Tensor) -> FlowState:
     return FlowState(particles.detach(), particles.new_zeros(()))
 
 
+@renamed_kwargs(target_score="score", estimator_fn="fit")
 def step(
-    state: FlowState, target_score: ScoreLike, step_size: float, estimator_fn: Callable = kde_factory
+    state: FlowState, score: ScoreLike, step_size: float, fit: EstimatorFactory = kde_factory
 ) -> tuple[FlowState, FlowInfo]:
     """One Euler step :math:`x \\mathrel{+}= h(\\nabla\\log\\pi(x) - \\widehat{\\nabla\\log\\rho}(x))`,
-    with :math:`\\widehat{\\nabla\\log\\rho}` from ``estimator_fn(particles)``."""
+    with :math:`\\nabla\\log\\pi` from ``score`` and :math:`\\widehat{\\nabla\\log\\rho}` from
+    ``fit(particles)`` (``target_score=`` and ``estimator_fn=`` are their deprecated names)."""
     if not step_size > 0:
         raise ValueError(f"step_size must be positive, got {step_size}")
     x = state.particles
-    velocity = as_score_fn(target_score)(x).detach() - as_score_fn(estimator_fn(x))(x).detach()  # n d
+    velocity = as_score_fn(score)(x).detach() - as_score_fn(fit(x))(x).detach()  # n d
     return (
         FlowState(x + step_size * velocity, state.time + step_size),
         FlowInfo(velocity.norm(dim=-1).mean()),
     )
 
 
+@renamed_kwargs(target_score="score", estimator_fn="fit")
 def run(
     particles: Tensor,
-    target_score: ScoreLike,
-    estimator_fn: Callable = kde_factory,
+    score: ScoreLike,
+    fit: EstimatorFactory = kde_factory,
     step_size: float = 0.05,
     num_steps: int = 100,
     *,
@@ -118,8 +121,10 @@ def run(
     """Run :func:`step` ``num_steps`` times from ``particles`` ``(n, d)``.
 
     Args:
-        target_score: an estimator or ``score_fn`` of the target :math:`\\pi`.
-        estimator_fn: ``particles -> estimator`` (anything with ``.score``), rebuilt every step.
+        score: an estimator or ``score_fn`` of the target :math:`\\pi` (deprecated name:
+            ``target_score=``).
+        fit: ``particles -> estimator`` (anything with ``.score``), rebuilt every step
+            (deprecated name: ``estimator_fn=``).
         save_every: keep the particles every this many steps (0: keep none).
     """
     if num_steps < 1:
@@ -129,7 +134,7 @@ def run(
     times = [state.time] if save_every else []
     infos = []
     for i in tqdm(range(num_steps), disable=not progress, desc="particle flow"):
-        state, info = step(state, target_score, step_size, estimator_fn)
+        state, info = step(state, score, step_size, fit)
         infos.append(info)
         if save_every and (i + 1) % save_every == 0:
             saved.append(state.particles)

@@ -1,7 +1,8 @@
 """Score-based particle solvers for Fokker–Planck and Landau equations, with exact solutions.
 
-``solve(problem, particles, times, score=...)`` moves particles with a velocity that contains
-the score of their own density; the problems carry exact solutions (OU / heat from Gaussian
+``solve(problem, particles, times, fit=GaussianKDE)`` moves particles with a velocity that
+contains the score of their own density (refitted by ``fit``, or ``score="exact"``, or a given
+``score_fn=``); the problems carry exact solutions (OU / heat from Gaussian
 mixtures, BKW, the Maxwell covariance law) to validate against.
 """
 

@@ -3,7 +3,8 @@ r"""One entry point for the particle solvers: :func:`solve`.
 Particles move with the problem's velocity :math:`u(x) = u[x, s(x)]`, where the score
 :math:`s = \nabla\log\rho_t` of the particle density comes from an estimator refitted to the
 particles at every velocity evaluation (KDE "blob", DiScoFormer, ...), from the exact
-solution, or from a given ``score_fn(x, t)``. Time stepping is a plain dict of functional
+solution (``score="exact"``, the default), or from a given ``score_fn(x, t)`` (``score_fn=``);
+an estimator factory is passed as ``fit=``. Time stepping is a plain dict of functional
 steppers (as in torchdiffeq): ``"euler"`` (order 1), ``"heun"`` (order 2) and the implicit
 ``"midpoint"`` rule (order 2), which keeps quadratic invariants — the Landau energy — exact up to
 its fixed-point tolerance.
@@ -13,15 +14,15 @@ Example:
     >>> from pyro_disco.pde import BKW
     >>> bkw = BKW.standard_2d()
     >>> x0 = bkw.sample_initial(100, generator=torch.Generator().manual_seed(0))
-    >>> traj = solve(bkw, x0, torch.linspace(0, 1, 3), score=GaussianKDE, progress=False)
+    >>> traj = solve(bkw, x0, torch.linspace(0, 1, 3), fit=GaussianKDE, progress=False)
     >>> traj.particles.shape
     torch.Size([3, 100, 2])
 """
 
 from __future__ import annotations
 
-import inspect
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from pyro_disco.estimators.base import EstimatorFactory, as_estimator_factory
 from pyro_disco.pde import diagnostics as diag
 from pyro_disco.pde.diagnostics import ExactSolution
 from pyro_disco.pde.problems import FokkerPlanck, Landau
@@ -37,8 +39,8 @@ __all__ = ["solve", "Trajectory", "STEPPERS", "euler_step", "heun_step", "midpoi
 
 VelocityFn = Callable[[float, Tensor], Tensor]
 Problem = FokkerPlanck | Landau
-# "exact", an estimator factory ``particles -> estimator`` or ``score_fn(x, t)``
-ScoreSource = str | Callable[..., object]
+TimeScoreFn = Callable[[Tensor, float], Tensor]  # score_fn(x (n, d), t) -> (n, d)
+Evaluate = Callable[[float, Tensor], tuple[Tensor, Callable[[Tensor], Tensor] | None]]
 
 
 class Trajectory(NamedTuple):
@@ -92,55 +94,97 @@ def midpoint_step(
 
 
 STEPPERS = {"euler": euler_step, "heun": heun_step, "midpoint": midpoint_step}
-ORDER = {"euler": 1, "heun": 2, "midpoint": 2}
 
 
 # --------------------------------------------------------------------------- score sources
 
 
-def _num_required_positional(fn: Callable) -> int | None:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return sum(p.kind in kinds and p.default is inspect.Parameter.empty for p in params)
-
-
-def _score_source(score: ScoreSource, exact: ExactSolution | None) -> tuple[Callable, str]:
-    """Return ``evaluate(t, x) -> (score_values, logdensity_fn | None)`` and a label."""
-    if isinstance(score, str):
-        if score != "exact":
-            raise ValueError(f"score must be 'exact', an estimator factory or score_fn(x, t), got {score!r}")
-        if exact is None or not hasattr(exact, "score"):
-            raise ValueError(
-                "score='exact' needs an exact solution with a score: pass it as `problem` "
-                "(e.g. BKW, GaussianMixtureSolution)"
-            )
-        return (lambda t, x: (exact.score(x, t), lambda y, t=t: exact.logdensity(y, t))), "exact"
-    if not callable(score):
-        raise TypeError(
-            "score must be an estimator factory `particles -> estimator` (e.g. GaussianKDE), "
-            f"'exact', or score_fn(x, t); got {type(score).__name__}. A fixed estimator is not "
-            "the score of the moving particles: pass `lambda x: ...` if you really mean it"
+def _exact_source(exact: ExactSolution | None) -> Evaluate:
+    if exact is None or not hasattr(exact, "score"):
+        raise ValueError(
+            "score='exact' needs an exact solution with a score: pass it as `problem` "
+            "(e.g. BKW, GaussianMixtureSolution)"
         )
-    nargs = _num_required_positional(score)
-    if nargs == 2:
-        return (lambda t, x: (score(x, t), None)), getattr(score, "__name__", "score_fn")
-    if nargs == 1:
+    return lambda t, x: (exact.score(x, t), lambda y, t=t: exact.logdensity(y, t))
 
-        def evaluate(t: float, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor] | None]:
-            est = score(x)
-            s = est.score(x) if hasattr(est, "score") else est
-            if not isinstance(s, Tensor):
-                raise TypeError("the score factory must return an estimator with .score(x) (or a tensor)")
-            return s, (est.logdensity if hasattr(est, "logdensity") else None)
 
-        return evaluate, getattr(score, "__name__", type(score).__name__)
-    raise TypeError(
-        "cannot tell whether `score` is a factory `particles -> estimator` (one argument) or "
-        "score_fn(x, t) (two arguments); wrap it in a lambda with one of these signatures"
-    )
+def _fit_source(fit: EstimatorFactory) -> Evaluate:
+    factory = as_estimator_factory(fit)
+
+    def evaluate(t: float, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor] | None]:
+        est = factory(x)
+        return est.score(x), (est.logdensity if hasattr(est, "logdensity") else None)
+
+    return evaluate
+
+
+def _legacy_source(score: Callable) -> Evaluate:
+    """``score=<callable>``, the first release's spelling of ``fit=`` and ``score_fn=``: it is
+    told apart by what one call does, once, at the first evaluation (no signature is read), and
+    a :class:`DeprecationWarning` names the keyword to use. A call ``score(x)`` that fails to bind
+    (no frame of ``score`` ran) means ``score_fn(x, t)``; one that returns an estimator means a
+    factory; one that returns a tensor, a time-independent score."""
+    kind: list[str] = []
+
+    def evaluate(t: float, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor] | None]:
+        if kind == ["score_fn"]:
+            return score(x, t), None
+        try:
+            out = score(x)
+        except TypeError as exc:
+            if kind or exc.__traceback__ is None or exc.__traceback__.tb_next is not None:
+                raise  # raised inside `score`, not by the call: not ours to reinterpret
+            kind.append("score_fn")
+            warnings.warn(
+                "solve(score=score_fn) with a score_fn(x, t) is deprecated; pass score_fn=",
+                DeprecationWarning,
+                stacklevel=4,
+            )
+            return score(x, t), None
+        if not kind:
+            kind.append("fit" if hasattr(out, "score") else "tensor")
+            if kind == ["fit"]:
+                warnings.warn(
+                    "solve(score=factory) with an estimator factory is deprecated; pass fit=",
+                    DeprecationWarning,
+                    stacklevel=4,
+                )
+        if hasattr(out, "score"):
+            return out.score(x), (out.logdensity if hasattr(out, "logdensity") else None)
+        if not isinstance(out, Tensor):
+            raise TypeError("the score factory must return an estimator with .score(x) (or a tensor)")
+        return out, None
+
+    return evaluate
+
+
+def _score_source(
+    score: str | Callable | None,
+    score_fn: TimeScoreFn | None,
+    fit: EstimatorFactory | None,
+    exact: ExactSolution | None,
+) -> tuple[Evaluate, str]:
+    """Return ``evaluate(t, x) -> (score_values, logdensity_fn | None)`` and a label."""
+    if sum(a is not None for a in (score, score_fn, fit)) > 1:
+        raise ValueError("give one of score='exact', score_fn= or fit=")
+    if fit is not None:
+        return _fit_source(fit), getattr(fit, "__name__", type(fit).__name__)
+    if score_fn is not None:
+        if not callable(score_fn):
+            raise TypeError(f"score_fn must be a function score_fn(x, t), got {type(score_fn).__name__}")
+        return (lambda t, x: (score_fn(x, t), None)), getattr(score_fn, "__name__", "score_fn")
+    if score is None or isinstance(score, str):
+        if score not in (None, "exact"):
+            raise ValueError(f"score must be 'exact' (or use fit= / score_fn=), got {score!r}")
+        return _exact_source(exact), "exact"
+    if not callable(score) or hasattr(score, "score") and not isinstance(score, type):
+        raise TypeError(
+            "score= takes 'exact'; an estimator factory `particles -> estimator` (e.g. GaussianKDE) "
+            f"goes in fit=, a score_fn(x, t) in score_fn=; got {type(score).__name__}. A fixed "
+            "estimator is not the score of the moving particles: pass `lambda x, t: ...` as "
+            "score_fn= if you really mean it"
+        )
+    return _legacy_source(score), getattr(score, "__name__", type(score).__name__)
 
 
 # --------------------------------------------------------------------------- solve
@@ -163,7 +207,9 @@ def solve(
     particles: Tensor,
     times: Tensor | Sequence[float],
     *,
-    score: ScoreSource = "exact",
+    score: str | None = None,
+    score_fn: TimeScoreFn | None = None,
+    fit: EstimatorFactory | None = None,
     method: str = "euler",
     step_size: float | None = None,
     block_size: int | None = None,
@@ -178,8 +224,13 @@ def solve(
             ``GaussianMixtureSolution``, ``MaxwellRelaxation``): then errors against it are recorded.
         particles: ``(n, d)`` at ``times[0]`` (not modified).
         times: increasing 1-D times at which to record.
-        score: an estimator factory ``particles -> estimator`` (e.g. ``GaussianKDE``,
-            ``pretrained_estimator``), ``"exact"``, or ``score_fn(x, t) -> (n, d)``.
+        score: ``"exact"`` (the default when neither ``score_fn`` nor ``fit`` is given): the
+            exact solution's score. An estimator factory or a ``score_fn(x, t)`` passed here is the
+            first release's spelling of ``fit=`` / ``score_fn=``: it still works, with a
+            :class:`DeprecationWarning`.
+        score_fn: a given score ``score_fn(x, t) -> (n, d)``.
+        fit: an estimator factory ``particles -> estimator`` (e.g. ``GaussianKDE``,
+            ``pretrained_estimator``), refitted at every velocity evaluation.
         method: ``"euler"``, ``"heun"`` or ``"midpoint"``.
         step_size: largest time step; each interval of ``times`` is split evenly. Default: one
             step per interval.
@@ -201,7 +252,7 @@ def solve(
         raise ValueError("times must be a non-empty, strictly increasing 1-D sequence")
     if step_size is not None and not step_size > 0:
         raise ValueError(f"step_size must be positive, got {step_size}")
-    evaluate, label = _score_source(score, exact)
+    evaluate, label = _score_source(score, score_fn, fit, exact)
     stepper = STEPPERS[method]
 
     def velocity_and_score(t: float, x: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor] | None]:
