@@ -412,8 +412,8 @@ def _load_checkpoint(out: Path, device: torch.device) -> dict | None:
             continue
         for problem in problems:
             warnings.warn(f"skipping {problem}; resuming from {path}", stacklevel=3)
-        if name == PREVIOUS and (out / CHECKPOINT).exists():  # set the unusable newest aside
-            os.replace(out / CHECKPOINT, out / f"{CHECKPOINT}.unusable")
+        if name == PREVIOUS and ddp.world()[0] == 0 and (out / CHECKPOINT).exists():
+            os.replace(out / CHECKPOINT, out / f"{CHECKPOINT}.unusable")  # set the unusable newest aside
         return state
     if problems:
         raise RuntimeError(
