@@ -96,7 +96,13 @@ def main(argv=None) -> None:
             for label, score in scores.items():
                 start = time.perf_counter()
                 traj = solve(
-                    exact, x0, [0.0, final_time], score=score, method="heun", step_size=step, progress=False
+                    exact,
+                    x0,
+                    [0.0, final_time],
+                    **({"score": score} if score == "exact" else {"fit": score}),
+                    method="heun",
+                    step_size=step,
+                    progress=False,
                 )
                 elapsed = time.perf_counter() - start
                 dg = traj.diagnostics
