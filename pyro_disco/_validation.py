@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
 
-__all__ = ["as_samples", "as_queries", "DegenerateSamplesError", "OutlierWarning"]
+__all__ = ["as_samples", "as_queries", "checked_once", "DegenerateSamplesError", "OutlierWarning"]
+
+# The one sample tensor already checked by the public constructor now running (see checked_once).
+_CHECKED: ContextVar[Tensor | None] = ContextVar("pyro_disco_checked_samples", default=None)
 
 
 class DegenerateSamplesError(ValueError):
@@ -55,8 +62,11 @@ def _check_finite(x: Tensor, name: str) -> None:
 def as_samples(samples: Tensor | ArrayLike, *, min_per_dim: bool = True) -> Tensor:
     """Check a sample set ``(n, d)``: floating dtype, finite, ``n > d``.
 
-    Returns the same tensor (never a copy the caller could confuse with its own).
+    Returns the same tensor (never a copy the caller could confuse with its own). Inside
+    :func:`checked_once` for this very tensor, it is returned at once: it passed already.
     """
+    if samples is _CHECKED.get():
+        return samples
     x = _as_float_tensor(samples, "samples")
     if x.dim() != 2:
         raise ValueError(f"samples must have shape (n, d), got shape {tuple(x.shape)}")
@@ -67,6 +77,27 @@ def as_samples(samples: Tensor | ArrayLike, *, min_per_dim: bool = True) -> Tens
         raise ValueError(f"need more samples than dimensions (n > d) to whiten, got n={n}, d={d}")
     _check_finite(x, "samples")
     return x
+
+
+@contextmanager
+def checked_once(samples: Tensor | ArrayLike) -> Iterator[Tensor]:
+    """Check ``samples`` with :func:`as_samples` once, at the public boundary, and yield them;
+    until the block ends, the estimators built inside on this same tensor object (the factory,
+    ``pretrained_estimator``, the constructors) skip the repeat check. Another tensor, a slice
+    or a copy of it included, is still checked in full.
+
+    Example:
+        >>> x = torch.randn(50, 2)
+        >>> with checked_once(x) as y:
+        ...     as_samples(y) is x  # no second check
+        True
+    """
+    x = as_samples(samples)
+    token = _CHECKED.set(x)
+    try:
+        yield x
+    finally:
+        _CHECKED.reset(token)
 
 
 def as_queries(x: Tensor | ArrayLike, *, dim: int, dtype: torch.dtype | None = None) -> Tensor:

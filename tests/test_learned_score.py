@@ -205,3 +205,28 @@ def test_integer_queries_and_negative_expand_are_errors():
         prior.log_prob(torch.zeros(3, prior.dim, dtype=torch.int64))
     with pytest.raises(ValueError, match="non-negative"):
         prior.expand((-1,))
+
+
+@pytest.mark.parametrize(
+    "estimator, weighted", [("kde", False), ("gmm", False), ("transformer", False), ("kde", True)]
+)
+def test_samples_are_checked_once_per_construction(monkeypatch, estimator, weighted):
+    # Validate at the public boundary once: LearnedScore checks the samples, and the factory,
+    # pretrained_estimator and the constructors skip the repeat check of that tensor (3-4 before).
+    import pyro_disco._validation as validation
+
+    if estimator == "transformer" and 2 not in _available_dims():
+        pytest.skip("no pretrained weights for d = 2")
+    checked = []
+    full_check = validation._as_float_tensor
+    monkeypatch.setattr(
+        validation,
+        "_as_float_tensor",
+        lambda x, name: checked.append(name) or full_check(x, name),
+    )
+    x = _samples()
+    weights = torch.ones(x.shape[0], dtype=x.dtype) if weighted else None
+    LearnedScore(x, estimator, weights=weights)
+    assert checked.count("samples") == 1
+    with pytest.raises(ValueError, match="non-finite"):  # the one check still runs
+        LearnedScore(torch.full_like(x, math.nan), estimator, weights=weights)

@@ -38,7 +38,7 @@ from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 
 from pyro_disco._stats import scott_factor, weighted_covariance
-from pyro_disco._validation import as_samples
+from pyro_disco._validation import checked_once
 from pyro_disco.distributions._autograd import log_prob_with_score, score_with_jacobian
 from pyro_disco.estimators.base import Estimator
 from pyro_disco.estimators.grouped import GroupedEstimator
@@ -148,20 +148,21 @@ class LearnedScore(TorchDistribution):
         generator: torch.Generator | None,
         **kwargs: Any,
     ) -> tuple[Estimator, str]:
-        x = as_samples(x)
-        if w is None:
-            est, name = resolve_estimator(x.detach(), estimator, **kwargs)
-        else:
-            if not isinstance(estimator, str) or estimator not in _WEIGHTED:
-                raise ValueError(f"weights= works with estimator in {_WEIGHTED}, got {estimator!r}")
-            name = estimator
-            if name == "auto":
-                name = "transformer" if x.shape[1] in auto_dims() else "kde"
-            if name == "transformer":
-                est, _ = resolve_estimator(resample(x.detach(), w, generator=generator), name, **kwargs)
+        # checked here once: the factory and the constructors it calls skip the repeat check
+        with checked_once(x.detach()) as x:
+            if w is None:
+                est, name = resolve_estimator(x, estimator, **kwargs)
             else:
-                bandwidth = "silverman" if name == "silverman-kde" else kwargs.pop("bandwidth", "scott")
-                est = WeightedGaussianKDE(x.detach(), w, bandwidth, **kwargs)
+                if not isinstance(estimator, str) or estimator not in _WEIGHTED:
+                    raise ValueError(f"weights= works with estimator in {_WEIGHTED}, got {estimator!r}")
+                name = estimator
+                if name == "auto":
+                    name = "transformer" if x.shape[1] in auto_dims() else "kde"
+                if name == "transformer":
+                    est, _ = resolve_estimator(resample(x, w, generator=generator), name, **kwargs)
+                else:
+                    bandwidth = "silverman" if name == "silverman-kde" else kwargs.pop("bandwidth", "scott")
+                    est = WeightedGaussianKDE(x, w, bandwidth, **kwargs)
         if adapt_steps:
             est = cls._adapted(est, adapt_steps)
         return est, name

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyro_disco._validation import as_samples
+from pyro_disco._validation import checked_once
 from pyro_disco.estimators.transformer import DiScoFormerEstimator
 from pyro_disco.nn import DiScoFormer, UniversalDiScoFormer, model_from_config
 
@@ -218,6 +218,6 @@ def load_model(name_or_dim: str | int) -> DiScoFormer | UniversalDiScoFormer:
 def pretrained_estimator(samples: Tensor, name: str | None = None, **kwargs: Any) -> DiScoFormerEstimator:
     """A :class:`~pyro_disco.estimators.transformer.DiScoFormerEstimator` on ``samples`` with
     the shipped model for their dimension (or the named one)."""
-    x = as_samples(samples)
-    model = load_model(name if name is not None else int(x.shape[1]))
-    return DiScoFormerEstimator(model, x, **kwargs)
+    with checked_once(samples) as x:  # the estimator skips the repeat check
+        model = load_model(name if name is not None else int(x.shape[1]))
+        return DiScoFormerEstimator(model, x, **kwargs)
