@@ -259,6 +259,31 @@ def test_anisotropic_maxwell_relaxation_law():
 # --------------------------------------------------------------------------- invariants
 
 
+def test_refits_skip_the_outlier_check_and_give_the_same_trajectory(monkeypatch):
+    # The estimator refitted at every velocity evaluation checks the starting particles for
+    # outliers once (OutlierWarning), not at every step (~2 ms each); the check never changed
+    # the estimate, so the trajectory is bit for bit the one that checks every refit.
+    import sys
+    from contextlib import nullcontext
+
+    import pyro_disco.estimators.whitening as whitening
+
+    bkw = BKW.standard_3d()
+    x0 = bkw.sample_initial(200, generator=gen(0))
+    checks = []
+    outlier_stats = whitening._outlier_stats
+    monkeypatch.setattr(whitening, "_outlier_stats", lambda *a: checks.append(1) or outlier_stats(*a))
+    run = functools.partial(solve, bkw, x0, [0.0, 0.5], fit=GaussianKDE, method="heun", step_size=0.125)
+    fast = run(progress=False)
+    assert len(checks) == 1  # 9 fits: the first one checks
+    monkeypatch.setattr(sys.modules["pyro_disco.pde.solve"], "quiet_outliers", nullcontext)
+    every = run(progress=False)
+    assert len(checks) == 1 + 9
+    assert torch.equal(fast.particles, every.particles)
+    for key in fast.diagnostics:
+        assert torch.equal(fast.diagnostics[key], every.diagnostics[key]), key
+
+
 def test_first_release_spellings_of_fit_and_score_fn_still_work():
     # score=<factory> and score=<score_fn(x, t)> (told apart by signature before) give the same
     # trajectories as fit= and score_fn=, with a DeprecationWarning; a partial is a factory too.

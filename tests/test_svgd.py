@@ -224,6 +224,24 @@ def test_flow_first_release_keyword_names_still_work():
     assert torch.equal(old.particles, new.particles)
 
 
+def test_flow_refits_skip_the_outlier_check_and_move_the_same(monkeypatch):
+    # run() checks the starting particles for outliers once; the refits of later steps skip the
+    # check, and the particles are bit for bit those of step() repeated (which checks each fit).
+    import pyro_disco.estimators.whitening as whitening
+
+    x = _start(300, 1)
+    checks = []
+    outlier_stats = whitening._outlier_stats
+    monkeypatch.setattr(whitening, "_outlier_stats", lambda *a: checks.append(1) or outlier_stats(*a))
+    out = flow.run(x, GAUSSIAN_2D, GaussianKDE, step_size=0.05, num_steps=5)
+    assert len(checks) == 1
+    state = flow.init(x)
+    for _ in range(5):
+        state, _ = flow.step(state, GAUSSIAN_2D, 0.05, GaussianKDE)
+    assert len(checks) == 1 + 5
+    assert torch.equal(out.particles, state.particles)
+
+
 # ------------------------------------------------------------------ score-based particle flow
 
 

@@ -31,6 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_disco.estimators.base import EstimatorFactory, as_estimator_factory
+from pyro_disco.estimators.whitening import quiet_outliers
 from pyro_disco.pde import diagnostics as diag
 from pyro_disco.pde.diagnostics import ExactSolution
 from pyro_disco.pde.problems import FokkerPlanck, Landau
@@ -255,8 +256,15 @@ def solve(
     evaluate, label = _score_source(score, score_fn, fit, exact)
     stepper = STEPPERS[method]
 
+    checked = []  # the first fit checks the starting particles for outliers; the refits skip it
+
     def velocity_and_score(t: float, x: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor] | None]:
-        s, logdensity_fn = evaluate(t, x)
+        if checked:
+            with quiet_outliers():  # an estimator refitted at every evaluation: no per-step check
+                s, logdensity_fn = evaluate(t, x)
+        else:
+            s, logdensity_fn = evaluate(t, x)
+            checked.append(True)
         s = s.to(x.dtype)
         if isinstance(problem, Landau):
             return problem.velocity(x, s, t, block_size=block_size), s, logdensity_fn
