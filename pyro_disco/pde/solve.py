@@ -178,7 +178,7 @@ def _score_source(
         if score not in (None, "exact"):
             raise ValueError(f"score must be 'exact' (or use fit= / score_fn=), got {score!r}")
         return _exact_source(exact), "exact"
-    if not callable(score) or hasattr(score, "score") and not isinstance(score, type):
+    if not callable(score) or (hasattr(score, "score") and not isinstance(score, type)):
         raise TypeError(
             "score= takes 'exact'; an estimator factory `particles -> estimator` (e.g. GaussianKDE) "
             f"goes in fit=, a score_fn(x, t) in score_fn=; got {type(score).__name__}. A fixed "
