@@ -3,9 +3,9 @@
 From the bottom up (a module may import only from strictly lower layers, or from its own
 top-level package):
 
-0. ``_validation``, ``_stats``, ``kernels``, ``metrics`` — argument checks; Scott's factor and
-   the weighted covariance; Stein kernels; error metrics against the truth (plain tensor maths,
-   import nothing from the package);
+0. ``_validation``, ``_stats``, ``_compat``, ``kernels``, ``metrics`` — argument checks; Scott's
+   factor and the weighted covariance; the first release's keyword names; Stein kernels; error
+   metrics against the truth (plain tensor maths, import nothing from the package);
 1. ``nn`` — the networks (per-dimension and universal DiScoFormer);
 2. ``estimators`` (the estimators that wrap the networks, the KDE family), ``targets`` (exact
    distributions behind the same protocol);
@@ -36,7 +36,7 @@ PACKAGE = "pyro_disco"
 ROOT = Path(pyro_disco.__file__).resolve().parent
 
 LAYERS: list[set[str]] = [
-    {"_validation", "_stats", "kernels", "metrics"},
+    {"_validation", "_stats", "_compat", "kernels", "metrics"},
     {"nn"},
     {"estimators", "targets"},
     {"pretrained"},
