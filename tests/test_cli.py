@@ -180,3 +180,20 @@ def test_train_then_export(tmp_path):
     assert model.config.dim == 2 and info["steps"] == 3
     card = (tmp_path / "w" / "tiny.md").read_text()
     assert "pyro-disco train --dim 2" in card and "--steps 3" in card
+
+
+def test_a_failed_write_leaves_the_previous_result_intact(tmp_path):
+    """Issue 12, item 8: a failed ``estimate`` write truncated the previous result file."""
+    from pyro_disco.cli import _write_atomically
+
+    path = tmp_path / "result.npz"
+    path.write_bytes(b"previous result")
+
+    def fail_midway(f):
+        f.write(b"half a new result")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        _write_atomically(str(path), fail_midway)
+    assert path.read_bytes() == b"previous result"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.npz"]  # no temporary file left
