@@ -48,7 +48,8 @@ class GaussianMixtureEstimator(SampleEstimator):
     Every ``k >= 2`` is fitted from two deterministic starts (greedy density-ranked centres,
     and the ``k - 1`` fit with its widest component split), keeping the likelier: on held-out
     random mixtures at d = 10, n = 1024 that took the relative score MSE from 17.0 % to 13.0 %
-    (5 sets) for about 1.7× the fitting time.
+    (5 sets) for about 1.7× the fitting time (``benchmarks/gmm_options.py``,
+    ``benchmarks/results/gmm_options.md``).
 
     Args:
         samples: ``(n, d)`` float32 or float64, ``n > d``, not degenerate.

@@ -170,8 +170,8 @@ def fit_gaussian_mixtures(
             ``a d`` pseudo-samples of an isotropic prior. It matters where a component has few
             samples per parameter, which is where unregularised full covariances turn thin and
             their scores explode (``a = 0.2`` took our GMM's relative score MSE on random
-            10-D mixtures at n = 256 from 867 % to 37 %, and at n = 1024 from 140 % to 19 %,
-            at a cost of ≤ 0.5 points in 5-D; see :class:`GaussianMixtureEstimator`). It is
+            10-D mixtures at n = 256 from 711 % to 44 %, and at n = 1024 from 116 % to 17 %,
+            at a cost of 0.3 points in 5-D: ``benchmarks/gmm_options.py``). It is
             rotation- and scale-equivariant, so equivariance is kept.
         split_init: for ``k >= 2`` also run EM from the ``k - 1`` fit with its widest component
             split in two along its principal axis, and keep whichever start reaches the higher
