@@ -3,8 +3,10 @@
     OMP_NUM_THREADS=1 python benchmarks/gmm_options.py [--reps 5]
 
 Same cases as ``benchmarks/peers.py`` (``make_case``, same seeds); relative score MSE (%) at 512
-fresh points of ``GaussianMixtureEstimator`` with shrinkage 0 / 0.2 and the split start off /
-on, and the fit time, all in one run. Writes ``benchmarks/results/gmm_options.md``.
+fresh points of ``GaussianMixtureEstimator`` with shrinkage 0 / 0.2, the split start off / on,
+and the cap on k at 1 + d + d(d+1)/2 or 4(d + 1) samples per component
+(``component_size="params"`` / ``"dims"``), and the fit time, all in one run. Writes
+``benchmarks/results/gmm_options.md``.
 """
 
 from __future__ import annotations
@@ -23,11 +25,21 @@ from pyro_disco.estimators.mixture import GaussianMixtureEstimator  # noqa: E402
 from pyro_disco.metrics import relative_score_error  # noqa: E402
 
 OPTIONS = {
-    "plain EM": dict(shrinkage=0.0, split_init=False),
-    "shrinkage 0.2": dict(shrinkage=0.2, split_init=False),
-    "shrinkage 0.2 + split (default)": dict(shrinkage=0.2, split_init=True),
+    "plain EM": dict(shrinkage=0.0, split_init=False, component_size="params"),
+    "shrinkage 0.2": dict(shrinkage=0.2, split_init=False, component_size="params"),
+    "shrinkage 0.2 + split": dict(shrinkage=0.2, split_init=True, component_size="params"),
+    "shrinkage 0.2 + split + 4(d+1) cap (default)": dict(
+        shrinkage=0.2, split_init=True, component_size="dims"
+    ),
 }
-CELLS = [("mixture", 5, 1024), ("mixture", 10, 256), ("mixture", 10, 1024), ("Student-t3", 2, 256)]
+CELLS = [
+    ("mixture", 5, 1024),
+    ("mixture", 10, 256),
+    ("mixture", 10, 1024),
+    ("mixture", 16, 256),
+    ("mixture", 32, 1024),
+    ("Student-t3", 2, 256),
+]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     lines = [
-        "# GMM options: covariance shrinkage and the split start",
+        "# GMM options: covariance shrinkage, the split start and the cap on k",
         "",
         f"`python benchmarks/gmm_options.py --reps {args.reps}`: relative score MSE (%) at 512 fresh "
         f"points, mean over {args.reps} sets (peers.py seeds); fit seconds in brackets.",

@@ -88,6 +88,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "mixture_components": args.mixture_components,
             "mixture_shrinkage": args.mixture_shrinkage,
             "mixture_split_init": True if args.mixture_split_init else None,
+            "mixture_component_size": args.mixture_component_size,
         }.items()
         if v is not None
     }
@@ -299,10 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --mixture-components: a second EM start per k, splitting the widest component",
     )
     p.add_argument(
+        "--mixture-component-size",
+        choices=("params", "dims"),
+        default=None,
+        help="with --mixture-components: the EM's cap on k, at least 1 + d + d(d+1)/2 ('params', the "
+        "default) or 4(d + 1) ('dims') samples per component",
+    )
+    p.add_argument(
         "--init-from",
         default=None,
-        help="universal with --mixture-components: start a new run from this mixture-free universal "
-        "model (shipped name or weight file)",
+        help="universal with --mixture-components: start a new run from this universal model (shipped "
+        "name or weight file), with or without a mixture column",
     )
     p.add_argument(
         "--init-blend",

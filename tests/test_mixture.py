@@ -105,6 +105,12 @@ def test_sampling_matches_the_fit():
 def test_component_cap_and_clear_errors():
     assert max_components_for(256, 10, 10) == 3  # 66 parameters per component in 10-D
     assert max_components_for(4096, 2, 10) == 10
+    # with shrinkage, 4(d + 1) samples per component suffice: several components in 32-D at n = 1024
+    assert max_components_for(1024, 32, 10) == 1
+    assert max_components_for(1024, 32, 10, "dims") == 7
+    assert max_components_for(256, 10, 10, "dims") == 5
+    with pytest.raises(ValueError, match="component_size"):
+        max_components_for(256, 10, 10, "samples")
     x = torch.randn(50, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match="too many"):
         GaussianMixtureEstimator(x, num_components=5)

@@ -457,6 +457,40 @@ def test_warm_started_run_starts_from_the_weight_file(tmp_path):
         assert _rel(trained(x, y)[1], start(x, y)[1]) <= 1e-6  # one step at lr ≈ 0 from the warm start
 
 
+@pytest.mark.parametrize("d", (2, 7))
+def test_reblend_endpoints_are_the_old_network_and_the_new_mixture(d):
+    from pyro_disco.nn.em import mixture_logdensity_and_score
+    from pyro_disco.training.warm_start import reblend_mixture, warm_start_mixture
+
+    g = torch.Generator().manual_seed(70 + d)
+    old = warm_start_mixture(_model(seed=d, dtype=torch.float32), 3, blend=0.3)
+    with torch.no_grad():  # every weight perturbed, the mixture's columns included
+        for p in old.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    x = torch.randn(2, 120, d, generator=g)
+    y = 1.5 * torch.randn(2, 15, d, generator=g)
+    with torch.no_grad():
+        l_old, s_old = old.eval()(x, y)
+        l0, s0 = reblend_mixture(old).eval()(x, y)  # same options, blend 0: the same network
+        assert _rel(l0, l_old) <= EXACT and _rel(s0, s_old) <= EXACT
+        opts = dict(mixture_components=5, mixture_component_size="dims")
+        new = reblend_mixture(old, blend=1.0, **opts).eval()
+        assert new.config.mixture_components == 5 and new.config.mixture_component_size == "dims"
+        l1, s1 = new(x, y)
+        l_mix, s_mix = mixture_logdensity_and_score(new.encode(x).mixture, y.double())
+        assert _rel(l1.double(), l_mix) <= 1e-6 and _rel(s1.double(), s_mix) <= 1e-6
+        lh, sh = reblend_mixture(old, blend=0.25).eval()(x, y)
+        l_m, s_m = mixture_logdensity_and_score(old.encode(x).mixture, y.double())
+        assert _rel(lh, 0.75 * l_old + 0.25 * l_m.float()) <= 1e-5
+        assert _rel(sh, 0.75 * s_old + 0.25 * s_m.float()) <= 1e-5
+    with pytest.raises(ValueError, match="warm_start_mixture"):
+        reblend_mixture(_model(dtype=torch.float32))
+    with pytest.raises(ValueError, match="only mixture_"):
+        reblend_mixture(old, d_model=64)
+    with pytest.raises(ValueError, match="component_size"):
+        reblend_mixture(old, mixture_component_size="many")
+
+
 def test_normalised_log_density_is_equivariant_up_to_its_monte_carlo_error(model64):
     """The default estimator subtracts an importance-sampling log-normaliser: under a rotation
     the score stays exact, the log-density moves by one constant within the IS error."""

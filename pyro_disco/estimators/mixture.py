@@ -53,8 +53,11 @@ class GaussianMixtureEstimator(SampleEstimator):
 
     Args:
         samples: ``(n, d)`` float32 or float64, ``n > d``, not degenerate.
-        max_components: largest ``k`` tried (further capped so that every component has on
-            average as many samples as parameters).
+        max_components: largest ``k`` tried (further capped by ``component_size``).
+        component_size: ``"dims"`` (default): every component has on average at least
+            :math:`4(d + 1)` samples; ``"params"``: at least as many as it has parameters,
+            :math:`1 + d + d(d+1)/2`, the rule before shrinkage, which allows a single
+            component at d = 32 below n = 1,122 (:func:`~pyro_disco.nn.em.max_components_for`).
         num_components: fit exactly this ``k`` instead of choosing by BIC.
         reg_covar: floor added to the diagonal of every covariance, in whitened units (the
             samples' covariance is the identity there).
@@ -84,6 +87,7 @@ class GaussianMixtureEstimator(SampleEstimator):
         *,
         max_components: int = 10,
         num_components: int | None = None,
+        component_size: str = "dims",
         reg_covar: float = 1e-3,
         shrinkage: float = 0.2,
         split_init: bool = True,
@@ -121,6 +125,7 @@ class GaussianMixtureEstimator(SampleEstimator):
             reg_covar=reg_covar,
             shrinkage=shrinkage,
             split_init=split_init,
+            component_size=component_size,
             sample_weights=sample_weights,
             num_iters=num_iters,
             tol=tol,
@@ -129,7 +134,7 @@ class GaussianMixtureEstimator(SampleEstimator):
             if len(fits) < num_components:
                 raise ValueError(
                     f"num_components={num_components} is too many for n={x.shape[0]}, d={self.dim}: "
-                    f"at most {len(fits)} (each component needs about 1 + d + d(d+1)/2 samples)"
+                    f"at most {len(fits)} with component_size={component_size!r}"
                 )
             self._fit = fits[num_components - 1]
             self.num_components = num_components

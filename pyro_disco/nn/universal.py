@@ -54,7 +54,13 @@ from pyro_disco.nn.common import (
     kde_features,
     mlp_head,
 )
-from pyro_disco.nn.em import MixtureFit, bic_mixture, fit_gaussian_mixtures, mixture_logdensity_and_score
+from pyro_disco.nn.em import (
+    COMPONENT_SIZES,
+    MixtureFit,
+    bic_mixture,
+    fit_gaussian_mixtures,
+    mixture_logdensity_and_score,
+)
 
 __all__ = ["UniversalConfig", "UniversalDiScoFormer", "UniversalContext"]
 
@@ -76,6 +82,7 @@ class UniversalConfig:
     mixture_components: int = 0
     mixture_shrinkage: float = 0.0  # the EM's covariance shrinkage (nn.em.fit_gaussian_mixtures)
     mixture_split_init: bool = False  # the EM's second, split start per k (nn.em.fit_gaussian_mixtures)
+    mixture_component_size: str = "params"  # the EM's cap on k (nn.em.max_components_for)
     arch: str = "universal"
 
     def __post_init__(self) -> None:
@@ -96,6 +103,11 @@ class UniversalConfig:
             raise ValueError(
                 f"need mixture_components >= 0 and mixture_shrinkage >= 0, got "
                 f"{self.mixture_components}, {self.mixture_shrinkage}"
+            )
+        if self.mixture_component_size not in COMPONENT_SIZES:
+            raise ValueError(
+                f"mixture_component_size must be one of {COMPONENT_SIZES}, "
+                f"got {self.mixture_component_size!r}"
             )
         if self.arch != "universal":
             raise ValueError(f"UniversalConfig.arch must be 'universal', got {self.arch!r}")
@@ -275,6 +287,7 @@ class UniversalDiScoFormer(nn.Module):
                 logdensity=rank,
                 shrinkage=self.config.mixture_shrinkage,
                 split_init=self.config.mixture_split_init,
+                component_size=self.config.mixture_component_size,
             )
         return bic_mixture(fits)
 

@@ -319,15 +319,21 @@ def evaluate(model: DiScoFormer, tasks: dict) -> dict[str, float]:
 def _warm_start(cfg: TrainConfig) -> UniversalDiScoFormer:
     """The starting network of a fresh run with ``init_from`` (a shipped name or a weight file)."""
     from pyro_disco.pretrained import available_models, load_model, load_weights
-    from pyro_disco.training.warm_start import warm_start_mixture
+    from pyro_disco.training.warm_start import reblend_mixture, warm_start_mixture
 
     old = load_model(cfg.init_from) if cfg.init_from in available_models() else load_weights(cfg.init_from)
     if old.config.max_dim != cfg.dim:
         raise ValueError(
             f"init_from {cfg.init_from!r} covers d <= {old.config.max_dim}, the run d <= {cfg.dim}"
         )
-    options = {k: v for k, v in cfg.model.items() if k.startswith("mixture_") and k != "mixture_components"}
-    model = warm_start_mixture(old, cfg.model["mixture_components"], blend=cfg.init_blend, **options)
+    if old.config.mixture_components:  # already mixture-aware: new EM options, same weights
+        options = {k: v for k, v in cfg.model_config().to_dict().items() if k.startswith("mixture_")}
+        model = reblend_mixture(old, blend=cfg.init_blend, **options)
+    else:
+        options = {
+            k: v for k, v in cfg.model.items() if k.startswith("mixture_") and k != "mixture_components"
+        }
+        model = warm_start_mixture(old, cfg.model["mixture_components"], blend=cfg.init_blend, **options)
     if model.config != cfg.model_config():
         raise ValueError(
             f"init_from {cfg.init_from!r} has a different architecture from the run: "

@@ -35,7 +35,7 @@ import torch
 
 from pyro_disco.nn.universal import UniversalConfig, UniversalDiScoFormer
 
-__all__ = ["warm_start_mixture", "embedding_column_map"]
+__all__ = ["warm_start_mixture", "reblend_mixture", "embedding_column_map"]
 
 
 def _triu_positions(size: int) -> dict[tuple[int, int], int]:
@@ -105,4 +105,34 @@ def warm_start_mixture(
     dst["score_head.2.bias"][k_old + 1 :] = (1 - blend) * b[k_old:]
     dst["score_head.2.bias"][k_old] = blend
     new.load_state_dict(dst)
+    return new
+
+
+@torch.no_grad()
+def reblend_mixture(
+    old: UniversalDiScoFormer, *, blend: float = 0.0, **mixture_options: int | float | bool | str
+) -> UniversalDiScoFormer:
+    """A new trainable :class:`UniversalDiScoFormer` from ``old``, a universal network that
+    already has a mixture column: every weight is copied, the ``mixture_*`` fields of its
+    config are replaced by ``mixture_options`` (the EM's options change no weight shape), and
+    the heads' last layers start at ``(1 - blend)`` times the old network plus ``blend`` times
+    the mixture, as in :func:`warm_start_mixture`. ``blend = 0`` is the old network with the
+    new EM options. ``old`` is not modified."""
+    if not isinstance(old, UniversalDiScoFormer) or not old.config.mixture_components:
+        raise ValueError(
+            "reblend_mixture needs a universal network with a mixture column; use warm_start_mixture"
+        )
+    if not 0.0 <= blend <= 1.0:
+        raise ValueError(f"blend must be in [0, 1], got {blend}")
+    bad = [k for k in mixture_options if not k.startswith("mixture_")]
+    if bad:
+        raise ValueError(f"only mixture_* options can change, got {bad}")
+    new = UniversalDiScoFormer(replace(old.config, **mixture_options))
+    state = {k: v.detach().clone().float() for k, v in old.state_dict().items()}
+    j = len(old.config.kde_features)  # the mixture's gate: row 1 + K of the density head, K of the score head
+    for head, row in (("logdensity_head.2", 1 + j), ("score_head.2", j)):
+        state[f"{head}.weight"] *= 1 - blend
+        state[f"{head}.bias"] *= 1 - blend
+        state[f"{head}.bias"][row] += blend
+    new.load_state_dict(state)
     return new
