@@ -34,10 +34,10 @@ from typing import NamedTuple
 import torch
 from pyro.ops.dual_averaging import DualAveraging
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from pyro_disco._compat import renamed_kwargs
 from pyro_disco.estimators.base import ScoreLike, as_logdensity_and_score_fn, as_score_fn
+from pyro_disco.infer._loop import run_loop
 
 __all__ = [
     "LangevinState",
@@ -267,32 +267,39 @@ def run(
     """
     if method not in ("ula", "mala"):
         raise ValueError(f"method must be 'ula' or 'mala', got {method!r}")
-    if num_steps < 1 or num_warmup < 0:
-        raise ValueError(f"need num_steps >= 1 and num_warmup >= 0, got {num_steps}, {num_warmup}")
     score_fn = as_score_fn(score)
     if method == "mala":
         both = as_logdensity_and_score_fn(score, logdensity_fn)
         state = init(position, score_fn, logdensity_and_score_fn=both)
     else:
         state = init(position, score_fn)
-    adapt = step_size_init(step_size)
-    h = step_size
-    kept, infos = [], []
-    for i in tqdm(range(num_warmup + num_steps), disable=not progress, desc=method.upper()):
+
+    def adapting_step(
+        i: int, carry: tuple[LangevinState, StepSizeState, float]
+    ) -> tuple[tuple[LangevinState, StepSizeState, float], LangevinInfo]:
+        state, adapt, h = carry
         healthy = _finite_state(state)  # chains that can inform the step size
         if method == "mala":
             state, info = mala_step(state, both, h, generator=generator)
         else:
             state, info = ula_step(state, score_fn, h, generator=generator)
-        if i < num_warmup:
-            if method == "mala" and adapt_step_size and bool(healthy.any()):
-                # adapt on finite chains only: one NaN chain made the mean, and h, NaN for all
-                accept = float(info.acceptance_prob[healthy].mean())
-                adapt = step_size_update(adapt, accept, target_accept_prob)
-                h = math.exp(adapt.log_step_size if i + 1 < num_warmup else adapt.log_step_size_avg)
-            continue
-        kept.append(state.position)
-        infos.append(info)
-    samples = torch.stack(kept, dim=-2)
-    info = LangevinInfo(*(torch.stack(f, dim=-1) for f in zip(*infos, strict=True)))
+        if i < num_warmup and method == "mala" and adapt_step_size and bool(healthy.any()):
+            # adapt on finite chains only: one NaN chain made the mean, and h, NaN for all
+            accept = float(info.acceptance_prob[healthy].mean())
+            adapt = step_size_update(adapt, accept, target_accept_prob)
+            h = math.exp(adapt.log_step_size if i + 1 < num_warmup else adapt.log_step_size_avg)
+        return (state, adapt, h), info
+
+    (state, _, h), info, kept = run_loop(
+        (state, step_size_init(step_size), step_size),
+        adapting_step,
+        num_steps,
+        num_warmup=num_warmup,
+        save_every=1,
+        save_start=False,
+        info_dim=-1,
+        desc=method.upper(),
+        progress=progress,
+    )
+    samples = torch.stack([s.position for s, _, _ in kept], dim=-2)
     return LangevinRun(samples, info, h, state)

@@ -35,12 +35,12 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from pyro_disco._compat import renamed_kwargs
 from pyro_disco.estimators.base import EstimatorFactory, ScoreLike, as_score_fn
 from pyro_disco.estimators.kde import GaussianKDE
 from pyro_disco.estimators.whitening import quiet_outliers
+from pyro_disco.infer._loop import run_loop
 
 __all__ = [
     "FlowState",
@@ -128,26 +128,21 @@ def run(
             (deprecated name: ``estimator_fn=``).
         save_every: keep the particles every this many steps (0: keep none).
     """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    state = init(particles)
-    saved = [state.particles] if save_every else []
-    times = [state.time] if save_every else []
-    infos = []
-    for i in tqdm(range(num_steps), disable=not progress, desc="particle flow"):
+
+    def flow_step(i: int, state: FlowState) -> tuple[FlowState, FlowInfo]:
         if i == 0:  # the first fit checks the starting particles for outliers (OutlierWarning)
-            state, info = step(state, score, step_size, fit)
-        else:
-            with quiet_outliers():  # the refits of every later step skip that check (~2-7 ms)
-                state, info = step(state, score, step_size, fit)
-        infos.append(info)
-        if save_every and (i + 1) % save_every == 0:
-            saved.append(state.particles)
-            times.append(state.time)
-    info = FlowInfo(torch.stack([i.mean_speed for i in infos]))
+            return step(state, score, step_size, fit)
+        with quiet_outliers():  # the refits of every later step skip that check (~2-7 ms)
+            return step(state, score, step_size, fit)
+
+    state, info, saved = run_loop(
+        init(particles), flow_step, num_steps, save_every=save_every, desc="particle flow", progress=progress
+    )
     if not saved:
         return FlowRun(state.particles, None, None, info)
-    return FlowRun(state.particles, torch.stack(saved), torch.stack(times), info)
+    return FlowRun(
+        state.particles, torch.stack([s.particles for s in saved]), torch.stack([s.time for s in saved]), info
+    )
 
 
 # The first release's names, kept for compatibility (pyro_disco.infer exports flow_run).

@@ -39,9 +39,9 @@ from pyro.infer.svgd import SteinKernel
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.distributions import Distribution
-from tqdm.auto import tqdm
 
 from pyro_disco.estimators.base import ScoreLike, as_score_fn
+from pyro_disco.infer._loop import run_loop
 from pyro_disco.kernels import RBF, RadialKernel
 
 __all__ = [
@@ -215,20 +215,17 @@ def run(
     progress: bool = False,
 ) -> SVGDRun:
     """Run ``num_steps`` SVGD steps from ``particles`` ``(n, d)``; see :func:`step`."""
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    state = init(particles)
-    saved = [state.particles] if save_every else []
-    infos = []
-    for i in tqdm(range(num_steps), disable=not progress, desc="SVGD"):
-        state, info = step(
+
+    def svgd_step(_: int, state: SVGDState) -> tuple[SVGDState, SVGDInfo]:
+        return step(
             state, score, step_size, kernel=kernel, optimizer=optimizer, bandwidth_rule=bandwidth_rule
         )
-        infos.append(info)
-        if save_every and (i + 1) % save_every == 0:
-            saved.append(state.particles)
-    info = SVGDInfo(*(torch.stack(f) for f in zip(*infos, strict=True)))
-    return SVGDRun(state.particles, torch.stack(saved) if saved else None, info)
+
+    state, info, saved = run_loop(
+        init(particles), svgd_step, num_steps, save_every=save_every, desc="SVGD", progress=progress
+    )
+    trajectory = torch.stack([s.particles for s in saved]) if saved else None
+    return SVGDRun(state.particles, trajectory, info)
 
 
 # The first release's names, kept for compatibility (pyro_disco.infer exports svgd_run).
