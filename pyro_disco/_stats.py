@@ -1,7 +1,8 @@
-r"""Sample statistics every layer shares: Scott's bandwidth factor and the weighted covariance.
+r"""Formulas every layer shares: Scott's bandwidth factor, the weighted covariance, and the
+score of a log-density by autograd.
 
-Plain tensor maths on the bottom floor, so the networks (:mod:`pyro_disco.nn`), the estimators
-and the Pyro distribution use one formula each.
+Plain tensor maths on the bottom floor, so the networks (:mod:`pyro_disco.nn`), the estimators,
+the exact targets, the samplers and the Pyro distribution use one formula each.
 
 Example:
     >>> import torch
@@ -9,13 +10,18 @@ Example:
     0.5
     >>> weighted_covariance(torch.tensor([[0.0], [2.0]]), torch.tensor([0.5, 0.5]))
     tensor([[2.]])
+    >>> logdensity_and_autograd_score(lambda x: -0.5 * x.square().sum(-1), torch.tensor([[1.0, -2.0]]))
+    (tensor([-2.5000]), tensor([[-1.,  2.]]))
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import Tensor
 
-__all__ = ["scott_factor", "weighted_covariance"]
+__all__ = ["scott_factor", "weighted_covariance", "logdensity_and_autograd_score"]
 
 
 def scott_factor(n: float, d: int) -> float:
@@ -33,3 +39,17 @@ def weighted_covariance(x: Tensor, weights: Tensor) -> Tensor:
     """
     xc = x - weights @ x
     return (xc.T * weights) @ xc / (1.0 - (weights**2).sum())
+
+
+def logdensity_and_autograd_score(
+    logdensity_fn: Callable[[Tensor], Tensor], x: Tensor
+) -> tuple[Tensor, Tensor]:
+    r"""The log-density ``(...)`` at ``x`` ``(..., d)`` and its score
+    :math:`\nabla_x \log p(x)` ``(..., d)`` by autograd (each point's log-density depends on that
+    point only, so the gradient of the sum is the per-point score). Works under ``no_grad``;
+    ``x`` is not modified and both results are detached."""
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_(True)
+        logp = logdensity_fn(xr)
+        (grad,) = torch.autograd.grad(logp.sum(), xr)
+    return logp.detach(), grad

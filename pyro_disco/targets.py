@@ -11,6 +11,8 @@ import math
 import torch
 from torch import Tensor
 
+from pyro_disco._stats import logdensity_and_autograd_score
+
 __all__ = ["GaussianMixture", "ExactDistribution"]
 
 
@@ -105,10 +107,7 @@ class ExactDistribution:
         return self.distribution.log_prob(x.squeeze(-1) if self._scalar else x)
 
     def score(self, x: Tensor) -> Tensor:
-        with torch.enable_grad():
-            xr = x.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.logdensity(xr).sum(), xr)
-        return grad
+        return logdensity_and_autograd_score(self.logdensity, x)[1]
 
     def logdensity_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.logdensity(x), self.score(x)

@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.distributions.transforms import Transform
 
 from pyro_disco._compat import renamed_kwargs
+from pyro_disco._stats import logdensity_and_autograd_score
 from pyro_disco.estimators.base import ScoreLike, as_logdensity_and_score_fn, as_score_fn
 from pyro_disco.infer.langevin import (
     init,
@@ -130,11 +131,8 @@ class _LangevinKernel(MCMCKernel):
                 return logp, as_score_fn(self.score)(x).reshape(-1)
             logp, score = as_logdensity_and_score_fn(self.score, self.logdensity_fn)(x)
             return logp.reshape(()), score.reshape(-1)
-        with torch.enable_grad():
-            z = flat.detach().requires_grad_(True)
-            potential = self.potential_fn(self._unpack(z))
-            (grad,) = torch.autograd.grad(potential, z)
-        return -potential.detach(), -grad
+        potential, grad = logdensity_and_autograd_score(lambda z: self.potential_fn(self._unpack(z)), flat)
+        return -potential, -grad
 
     def sample(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         flat = self._pack(params)

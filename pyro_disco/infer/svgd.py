@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.distributions import Distribution
 
+from pyro_disco._stats import logdensity_and_autograd_score
 from pyro_disco.estimators.base import ScoreLike, as_score_fn
 from pyro_disco.infer._loop import run_loop
 from pyro_disco.kernels import RBF, RadialKernel
@@ -269,10 +270,7 @@ def score_factor(name: str, value: Tensor, score: ScoreLike, *, base: Distributi
         target_fn = score_fn
 
         def score_fn(x: Tensor) -> Tensor:
-            with torch.enable_grad():
-                xr = x.detach().requires_grad_(True)
-                (base_score,) = torch.autograd.grad(base.log_prob(xr).sum(), xr)
-            return target_fn(x) - base_score
+            return target_fn(x) - logdensity_and_autograd_score(base.log_prob, x)[1]
 
     surrogate = _ScoreSurrogate.apply(value, score_fn)
     pyro.factor(name, surrogate)
