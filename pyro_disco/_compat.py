@@ -1,4 +1,5 @@
-"""Keyword names of the first release that still work, with a :class:`DeprecationWarning`."""
+"""Names of the first release that still work, with a :class:`DeprecationWarning`: renamed
+keywords (:func:`renamed_kwargs`) and functions kept only for compatibility (:func:`deprecated`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["renamed_kwargs"]
+__all__ = ["renamed_kwargs", "deprecated"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +41,32 @@ def renamed_kwargs(**renames: str) -> Callable[[F], F]:
                         stacklevel=2,
                     )
                     kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def deprecated(advice: str) -> Callable[[F], F]:
+    """Decorator: the function still works, with a :class:`DeprecationWarning` that ends with
+    ``advice`` (what to use instead).
+
+    Example:
+        >>> @deprecated("use abs")
+        ... def magnitude(x: int) -> int:
+        ...     return abs(x)
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     magnitude(-2), str(caught[0].message)
+        (2, 'magnitude() is deprecated; use abs')
+    """
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            warnings.warn(f"{fn.__qualname__}() is deprecated; {advice}", DeprecationWarning, stacklevel=2)
             return fn(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from pyro_disco._compat import deprecated
 from pyro_disco._validation import as_queries
 
 if TYPE_CHECKING:  # typing.Self is Python >= 3.11
@@ -126,8 +127,11 @@ def as_estimator_factory(fit: EstimatorFactory) -> EstimatorFactory:
     return factory
 
 
+@deprecated("use estimator.logdensity, or as_logdensity_and_score_fn for both values")
 def as_logdensity_fn(obj: Callable[[Tensor], Tensor] | Estimator) -> Callable[[Tensor], Tensor]:
-    """Return a ``logdensity_fn(x) -> (...)`` from an estimator or a callable."""
+    """Return a ``logdensity_fn(x) -> (...)`` from an estimator or a callable.
+
+    Deprecated: nothing in the package uses it; kept because the first release exported it."""
     if hasattr(obj, "logdensity") and callable(obj.logdensity):
         return obj.logdensity
     if callable(obj):
