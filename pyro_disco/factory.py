@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import Tensor
 
-from pyro_disco._validation import as_samples
+from pyro_disco._validation import checked_once
 from pyro_disco.estimators.base import Estimator
 from pyro_disco.estimators.kde import SDKDE, EmpSDKDE, GaussianKDE
 from pyro_disco.estimators.mixture import GaussianMixtureEstimator
@@ -61,7 +61,12 @@ def resolve_estimator(
         return estimator, "custom"
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; use one of {ESTIMATORS} or an estimator object")
-    x = as_samples(samples)
+    # checked here once: the constructors (and auto's candidates) skip the repeat check
+    with checked_once(samples) as x:
+        return _build_by_name(x, estimator, **estimator_kwargs)
+
+
+def _build_by_name(x: Tensor, estimator: str, **estimator_kwargs: Any) -> tuple[Estimator, str]:
     has_model = x.shape[1] in available_dims()
     if estimator == "auto":
         # the candidates would fail one by one on degenerate folds: give the shared clear error

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from pyro_disco import EmpSDKDE, GaussianKDE, GaussianMixture
+from pyro_disco import EmpSDKDE, GaussianKDE, GaussianMixture, build_estimator
 from pyro_disco.distributions import LearnedScore
 from pyro_disco.pretrained import available_dims as _available_dims
 
@@ -207,16 +207,11 @@ def test_integer_queries_and_negative_expand_are_errors():
         prior.expand((-1,))
 
 
-@pytest.mark.parametrize(
-    "estimator, weighted", [("kde", False), ("gmm", False), ("transformer", False), ("kde", True)]
-)
-def test_samples_are_checked_once_per_construction(monkeypatch, estimator, weighted):
-    # Validate at the public boundary once: LearnedScore checks the samples, and the factory,
-    # pretrained_estimator and the constructors skip the repeat check of that tensor (3-4 before).
+@pytest.fixture
+def sample_checks(monkeypatch):
+    """The names passed to the full input check, one per check (``"samples"`` for a sample set)."""
     import pyro_disco._validation as validation
 
-    if estimator == "transformer" and 2 not in _available_dims():
-        pytest.skip("no pretrained weights for d = 2")
     checked = []
     full_check = validation._as_float_tensor
     monkeypatch.setattr(
@@ -224,9 +219,36 @@ def test_samples_are_checked_once_per_construction(monkeypatch, estimator, weigh
         "_as_float_tensor",
         lambda x, name: checked.append(name) or full_check(x, name),
     )
+    return checked
+
+
+@pytest.mark.parametrize(
+    "estimator, weighted", [("kde", False), ("gmm", False), ("transformer", False), ("kde", True)]
+)
+def test_samples_are_checked_once_per_construction(sample_checks, estimator, weighted):
+    # Validate at the public boundary once: LearnedScore checks the samples, and the factory,
+    # pretrained_estimator and the constructors skip the repeat check of that tensor (3-4 before).
+    if estimator == "transformer" and 2 not in _available_dims():
+        pytest.skip("no pretrained weights for d = 2")
     x = _samples()
     weights = torch.ones(x.shape[0], dtype=x.dtype) if weighted else None
     LearnedScore(x, estimator, weights=weights)
-    assert checked.count("samples") == 1
+    assert sample_checks.count("samples") == 1
     with pytest.raises(ValueError, match="non-finite"):  # the one check still runs
         LearnedScore(torch.full_like(x, math.nan), estimator, weights=weights)
+
+
+@pytest.mark.parametrize(
+    "estimator", ["kde", "silverman-kde", "gmm", "sdkde", "emp-sdkde", "transformer", "auto"]
+)
+def test_build_estimator_checks_the_samples_once(sample_checks, estimator):
+    # build_estimator is a public boundary too: one check (kde was 2, emp-sdkde 4); auto checks
+    # each of its 2 cross-validation folds once more, not once per candidate (auto was 9).
+    if estimator == "transformer" and 2 not in _available_dims():
+        pytest.skip("no pretrained weights for d = 2")
+    x = _samples()
+    kwargs = {"score": lambda z: -z} if estimator == "sdkde" else {}
+    build_estimator(x, estimator, **kwargs)
+    assert sample_checks.count("samples") == (3 if estimator == "auto" else 1)
+    with pytest.raises(ValueError, match="non-finite"):  # the one check still runs
+        build_estimator(torch.full_like(x, math.nan), estimator, **kwargs)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from pyro_disco._stats import scott_factor
-from pyro_disco._validation import DegenerateSamplesError, as_samples
+from pyro_disco._validation import DegenerateSamplesError, as_samples, checked_once
 from pyro_disco.estimators.base import SampleEstimator, ScoreLike, as_score_fn
 from pyro_disco.estimators.whitening import (
     centre,
@@ -405,9 +405,9 @@ class EmpSDKDE(SDKDE):
         block_size: int | None = None,
         whitening: str = "standard",
     ) -> None:
-        x = as_samples(samples)
         kwargs = dict(covariance=covariance, block_size=block_size, whitening=whitening)
-        with quiet_outliers():  # the estimator itself checks the same samples
-            # a zero shift, the plain KDE (a named function, so that the estimator pickles)
-            plain = SDKDE(x, torch.zeros_like, bandwidth, **kwargs)
-        super().__init__(x, plain.score, bandwidth, **kwargs)
+        with checked_once(samples) as x:  # one check for the two KDEs built on x
+            with quiet_outliers():  # the estimator itself checks the same samples
+                # a zero shift, the plain KDE (a named function, so that the estimator pickles)
+                plain = SDKDE(x, torch.zeros_like, bandwidth, **kwargs)
+            super().__init__(x, plain.score, bandwidth, **kwargs)

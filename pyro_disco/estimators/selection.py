@@ -34,6 +34,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from pyro_disco._validation import checked_once
 from pyro_disco.estimators.base import Estimator
 from pyro_disco.estimators.whitening import quiet_outliers
 
@@ -119,16 +120,17 @@ def select_estimator(
     for k in range(folds):
         train = torch.cat([p for j, p in enumerate(parts) if j != k])
         held = samples[parts[k][:per_fold]]
-        for name in names:
-            if name not in alive:
-                continue
-            try:
-                with quiet_outliers():  # the refit on all samples warns once
-                    est = candidates[name](samples[train])
-            except ValueError:
-                alive.discard(name)
-                continue
-            terms[name].append(hyvarinen_terms(est, held))
+        with checked_once(samples[train]) as fold:  # checked once per fold, not per candidate
+            for name in names:
+                if name not in alive:
+                    continue
+                try:
+                    with quiet_outliers():  # the refit on all samples warns once
+                        est = candidates[name](fold)
+                except ValueError:
+                    alive.discard(name)
+                    continue
+                terms[name].append(hyvarinen_terms(est, held))
     if not alive:
         raise ValueError("every candidate failed on the cross-validation folds")
     values = {name: torch.cat(terms[name]) for name in names if name in alive}
