@@ -414,7 +414,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(HERE / "results" / "gpu.md"))
     p.add_argument("--small", action="store_true", help="tiny sizes, runs on CPU in seconds (tests)")
     p.add_argument("--budget-s", type=float, default=480.0, help="start no case after this many seconds")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: 1 on CPU; torch's default with CUDA)"
+    )
     p.add_argument("--tokens", type=int, nargs="+", default=[4096, 32768], help="context tokens per step")
     p.add_argument("--train-steps", type=int, default=None, help="timed steps (default 30; small: 3)")
     p.add_argument("--train-warmup", type=int, default=None, help="untimed steps first (default 3; small: 1)")
@@ -431,7 +433,8 @@ def main(argv=None) -> int:
         args.train_steps = 3 if args.small else 30
     if args.train_warmup is None:
         args.train_warmup = 1 if args.small else 3
-    torch.set_num_threads(args.threads)
+    if args.threads is not None or args.device == "cpu":
+        torch.set_num_threads(args.threads or 1)  # the training sets are drawn on the CPU
     device = torch.device(args.device)
     budget = Budget(args.budget_s)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
