@@ -13,7 +13,7 @@ The layers, from the bottom up (``tests/test_layers.py`` checks that imports onl
 - :mod:`pyro_disco.training` — the training pipeline.
 """
 
-from pyro_disco._validation import DegenerateSamplesError, OutlierWarning
+from pyro_disco._validation import DegenerateSamplesError, NormalizationWarning, OutlierWarning
 from pyro_disco.distributions import LearnedScore
 from pyro_disco.estimators import (
     SDKDE,
@@ -41,6 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DegenerateSamplesError",
+    "NormalizationWarning",
     "OutlierWarning",
     "Estimator",
     "DiScoFormerEstimator",

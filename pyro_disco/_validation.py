@@ -37,6 +37,14 @@ class OutlierWarning(UserWarning):
     ``whitening="robust"``."""
 
 
+class NormalizationWarning(UserWarning):
+    """An estimator's log-density could not be normalised: its importance-sampling estimate of
+    :math:`\\log\\int\\hat f` has too small an effective sample size to be trusted, so
+    ``logdensity`` / ``log_prob`` are returned unnormalised (off by an unknown constant; scores
+    are unaffected). In practice: the transformer at d ≳ 16. For log-likelihoods, use
+    ``estimator="gmm"`` or ``"kde"``, which are normalised by construction."""
+
+
 def _as_float_tensor(x: Tensor | ArrayLike, name: str) -> Tensor:
     if not isinstance(x, Tensor):
         try:

@@ -62,6 +62,35 @@ def test_normalize_makes_the_transformer_integrate_to_one():
     torch.testing.assert_close(lf, raw.logdensity(x[:3] + 0.1) - est.normalization.value)
 
 
+def test_a_second_proposal_rescues_a_low_effective_sample_size():
+    from pyro_disco.estimators.mixture import GaussianMixtureEstimator
+    from pyro_disco.estimators.normalizer import log_normalizer
+    from pyro_disco.training.tasks import random_mixtures
+
+    g = torch.Generator().manual_seed(1616)
+    x = random_mixtures(1, 16, k_range=(6, 6), generator=g).sample(1024, generator=g)[0]
+    gmm = GaussianMixtureEstimator(x)  # exactly normalised: log Z = 0
+    cheap = log_normalizer(gmm, x, generator=torch.Generator().manual_seed(0))
+    both = log_normalizer(gmm, x, generator=torch.Generator().manual_seed(0), min_ess=100)
+    assert cheap.ess < 100 <= both.ess and both.num_draws == 2 * cheap.num_draws
+    assert abs(both.value) < 4 * both.std_error
+
+
+def test_unnormalisable_log_density_warns_and_subtracts_nothing():
+    from pyro_disco import NormalizationWarning
+    from pyro_disco.training.tasks import random_mixtures
+
+    g = torch.Generator().manual_seed(2)
+    x = random_mixtures(1, 32, k_range=(8, 8), generator=g).sample(1024, generator=g)[0]  # ESS 4
+    model = load_model("discoformer-universal-mix")
+    est = DiScoFormerEstimator(model, x)
+    raw = DiScoFormerEstimator(model, x, normalize=False)
+    with pytest.warns(NormalizationWarning, match="not normalised"):
+        lf = est.logdensity(x[:4])
+    assert est.normalization.ess < 100 and est.log_normalizer_value() == 0.0
+    torch.testing.assert_close(lf, raw.logdensity(x[:4]))
+
+
 # --- issue 12, item 1: the false attractors of the 1-D default, as users met them ------------
 
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from pyro_disco._validation import as_samples
+from pyro_disco._validation import NormalizationWarning, as_samples
 from pyro_disco.estimators.base import SampleEstimator
 from pyro_disco.estimators.normalizer import LogNormalizer, log_normalizer
 from pyro_disco.estimators.whitening import fit_whitening, warn_if_outliers
@@ -69,9 +70,10 @@ class DiScoFormerEstimator(SampleEstimator):
         normalize: subtract the network's log-normaliser (default), estimated once by
             importance sampling (:mod:`pyro_disco.estimators.normalizer`, 4096 draws, fixed
             seed) on the first log-density request, wherever its effective sample size is at
-            least ``MIN_ESS``; the estimate, its standard error and ESS are in
-            ``normalization`` (where the ESS is too low — in practice d ≳ 16 — nothing is
-            subtracted, and ``normalization.ess`` says so). Scores are unaffected. The
+            least ``MIN_ESS`` (a second, costlier proposal is tried where the first falls
+            short); the estimate, its standard error and ESS are in ``normalization``. Where
+            the ESS stays too low — in practice d ≳ 16 — nothing is subtracted, and a
+            :class:`~pyro_disco.NormalizationWarning` says so. Scores are unaffected. The
             importance sample is random (fixed seed), so a rotated or permuted copy of the
             samples gets a log-normaliser that differs by Monte Carlo error (about
             ``normalization.std_error``): the log-density is equivariant up to that constant,
@@ -141,9 +143,23 @@ class DiScoFormerEstimator(SampleEstimator):
         on the first log-density request; ``None`` with ``normalize=False``)."""
         if self._normalize and self._normalization is None:
             raw = _RawLogdensity(self)
-            self._normalization = log_normalizer(
-                raw, self.samples, generator=torch.Generator().manual_seed(0), whitening=self.whitening_method
+            z = log_normalizer(
+                raw,
+                self.samples,
+                generator=torch.Generator().manual_seed(0),
+                whitening=self.whitening_method,
+                min_ess=MIN_ESS,
             )
+            self._normalization = z
+            if z.ess < MIN_ESS:
+                warnings.warn(
+                    f"the transformer's log-density is not normalised (d={self.dim}): the importance "
+                    f"sampling estimate of log Z ({z.value:+.2f} ± {z.std_error:.2f}) has an effective "
+                    f"sample size of {z.ess:.0f} < {MIN_ESS:.0f}, so nothing is subtracted; scores are "
+                    "unaffected. For log-likelihoods use estimator='gmm' or 'kde'.",
+                    NormalizationWarning,
+                    stacklevel=3,
+                )
         return self._normalization
 
     def log_normalizer_value(self) -> float:
