@@ -33,6 +33,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
         ),
         ("peers.py", ["--smoke", "--out", "{tmp}/peers.md"], "sklearn GMM-BIC"),
         ("nuts_cost.py", ["--smoke"], "per leapfrog"),
+        ("memory.py", ["--small", "--kinds", "kde", "--out", "{tmp}/memory.md"], "delta / model"),
     ],
 )
 def test_benchmark_script_runs(script, args, expect, tmp_path):
