@@ -203,7 +203,7 @@ def test_two_mode_start_tracks_the_exact_covariance(problem):
     kde = solve(sol, x0, times, fit=GaussianKDE, method="heun", step_size=0.05, progress=False)
     score_error = kde.diagnostics["score_error"]
     assert float(score_error[-1]) < float(score_error[0])  # mixture -> unimodal: KDE's score improves
-    assert float(score_error.max()) < 0.5  # Scott KDE at n=300, d=2: ~30% on a two-mode start (DESIGN §4)
+    assert float(score_error.max()) < 0.5  # Scott KDE at n=300, d=2: ~30% on a two-mode start
 
 
 # --------------------------------------------------------------------------- Landau validation

@@ -15,7 +15,7 @@ see the prior's curvature; see :mod:`pyro_disco.distributions._autograd`. This i
 yesterday's posterior draws usable as today's prior (Pyro's ``Empirical`` has no gradient);
 :func:`pyro_disco.distributions.posterior_prior` does it for a whole ``mcmc.get_samples()``.
 
-Reference: DiScoFormer, arXiv:2511.05924 (§5 of ``DESIGN.md``).
+Reference: DiScoFormer, arXiv:2511.05924.
 
 Example:
     >>> import pyro
