@@ -53,6 +53,16 @@ def _assert_same_run(model, out, reference):
     assert _deterministic(read_log(out)) == ref_log
 
 
+def _stopped_then_resumed(tmp_path, monkeypatch, reference, *, stopped_at):
+    """Train with the patches in place (the run stops early), check the step of the newest
+    checkpoint, then train again without them: the uninterrupted run, bit for bit."""
+    train(_tiny(), tmp_path, progress=False)
+    assert _ckpt(tmp_path)["step"] == stopped_at
+    monkeypatch.undo()
+    model = train(_tiny(), tmp_path, progress=False)
+    _assert_same_run(model, tmp_path, reference)
+
+
 def _patch_step(monkeypatch, action, at_call):
     """Run ``action(opt, real_step)`` instead of the ``at_call``-th ``AdamW.step`` (1-based)."""
     real = torch.optim.AdamW.step
@@ -106,11 +116,8 @@ def test_signal_at_random_points_resumes_bit_for_bit(
         return out
 
     monkeypatch.setattr(owner, name, wrapped)
-    train(_tiny(), tmp_path, progress=False)
-    assert _ckpt(tmp_path)["step"] == at_call  # stopped at the boundary of the signalled step
-    monkeypatch.undo()
-    model = train(_tiny(), tmp_path, progress=False)
-    _assert_same_run(model, tmp_path, reference)
+    # stopped at the boundary of the signalled step
+    _stopped_then_resumed(tmp_path, monkeypatch, reference, stopped_at=at_call)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -124,11 +131,7 @@ def test_signal_inside_optimizer_step_resumes_bit_for_bit(signum, tmp_path, monk
         os.kill(os.getpid(), signum)  # ... and the signal lands before step() returns
 
     _patch_step(monkeypatch, signal_mid_step, at_call=7)
-    train(_tiny(), tmp_path, progress=False)
-    assert _ckpt(tmp_path)["step"] == 7
-    monkeypatch.undo()
-    model = train(_tiny(), tmp_path, progress=False)
-    _assert_same_run(model, tmp_path, reference)
+    _stopped_then_resumed(tmp_path, monkeypatch, reference, stopped_at=7)
 
 
 def test_hard_interrupt_inside_optimizer_step_keeps_the_last_checkpoint(tmp_path, monkeypatch, reference):
@@ -143,11 +146,7 @@ def test_hard_interrupt_inside_optimizer_step_keeps_the_last_checkpoint(tmp_path
         raise KeyboardInterrupt
 
     _patch_step(monkeypatch, half_step, at_call=7)
-    train(_tiny(), tmp_path, progress=False)
-    assert _ckpt(tmp_path)["step"] == 5
-    monkeypatch.undo()
-    model = train(_tiny(), tmp_path, progress=False)
-    _assert_same_run(model, tmp_path, reference)
+    _stopped_then_resumed(tmp_path, monkeypatch, reference, stopped_at=5)
 
 
 def test_non_finite_weights_never_overwrite_a_good_checkpoint(tmp_path, monkeypatch, reference):
