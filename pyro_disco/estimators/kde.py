@@ -101,6 +101,7 @@ class _Fit(NamedTuple):
     exps: Tensor  # n (d+2), working dtype: [u, -|u|^2/2, 1]
     moments: Tensor  # (d+1) n, working dtype: [u, 1]^T (this layout makes the product 2-5x faster)
     log_norm: Tensor  # (), float64: -log n - log det L - d/2 log 2 pi
+    shift: Tensor | None  # n d, float64: the kernel centres' shift from the samples (SD-KDE), or None
 
 
 class GaussianKDE(SampleEstimator):
@@ -230,6 +231,7 @@ class GaussianKDE(SampleEstimator):
             exps=torch.cat([u, half_sq, ones], -1).to(self.dtype),
             moments=torch.cat([u, ones], -1).T.contiguous().to(self.dtype),
             log_norm=log_norm,
+            shift=shift,
         )
 
     def _refit(self) -> None:
@@ -388,9 +390,13 @@ class SDKDE(GaussianKDE):
             raise ValueError(f"score at the samples must have shape {tuple(x.shape)}, got {got}")
         if not bool(torch.isfinite(shift).all()):
             raise ValueError("the score at the samples is not finite; SD-KDE cannot shift them")
-        shift = 0.5 * shift.double() @ cov.T
-        self.shifted_samples = (x.double() + shift).to(x.dtype)  # n d
-        return shift
+        return 0.5 * shift.double() @ cov.T
+
+    @property
+    def shifted_samples(self) -> Tensor:
+        r"""The kernel centres :math:`\tilde x_i` ``(n, d)``, in the samples' dtype."""
+        x = self.samples.detach()
+        return (x.double() + self._state().shift).to(x.dtype)
 
 
 class EmpSDKDE(SDKDE):
