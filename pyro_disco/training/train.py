@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 import torch
 from torch import Tensor
@@ -528,6 +528,79 @@ def _draw_step(cfg: TrainConfig, gen: torch.Generator, device: torch.device) -> 
     return dim, n, MixtureTask(*(t.to(device) for t in task))
 
 
+@dataclass
+class _RunState:
+    """Where a run stands, the same on every rank. ``(step, gen_state, torch_rng)`` always
+    describe one step boundary, the start of step ``step + 1`` (what a checkpoint saves);
+    ``at_boundary`` is false only while the optimiser update is applied (the model and the
+    optimiser are then neither the state before nor after it); ``bad`` counts the non-finite
+    losses in a row."""
+
+    step: int
+    gen_state: Tensor
+    torch_rng: Tensor
+    at_boundary: bool = True
+    bad: int = 0
+
+    @classmethod
+    def at(cls, step: int, gen: torch.Generator) -> _RunState:
+        """The boundary after ``step`` steps, with the run's and the global RNG states now."""
+        return cls(step, gen.get_state(), torch.get_rng_state())
+
+
+class _StepInfo(NamedTuple):
+    """An applied step: its dimension, set size and learning rate, the loss and its parts
+    (means over the ranks) and the gradient norm before clipping."""
+
+    dim: int
+    n: int
+    lr: float
+    loss: float
+    parts: dict
+    grad_norm: float
+
+
+def _train_step(
+    cfg: TrainConfig,
+    run: _RunState,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    step_loss: torch.nn.Module,
+    gen: torch.Generator,
+    device: torch.device,
+) -> _StepInfo | None:
+    """One training step, the same on every rank (rank 0 and the others call it alike, so they
+    run the same collectives): draw this rank's sets, set the learning rate, compute the loss;
+    where the loss is non-finite on any rank, skip the step on all of them (``None``; more than
+    20 in a row raise :class:`FloatingPointError`), else backward, clip, apply the update and
+    move ``run`` to the next boundary."""
+    dim, n, task = _draw_step(cfg, gen, device)
+    lr = _lr(cfg, run.step)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    loss, parts = step_loss(task)
+    opt.zero_grad(set_to_none=True)
+    if ddp.any_rank(not torch.isfinite(loss)):
+        run.bad += 1
+        if run.bad > 20:
+            raise FloatingPointError(
+                f"20 non-finite losses in a row after step {run.step}; lower the learning rate"
+            )
+        return None
+    run.bad = 0
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+    run.at_boundary = False
+    opt.step()
+    run.step += 1
+    run.gen_state, run.torch_rng = gen.get_state(), torch.get_rng_state()
+    run.at_boundary = True
+    loss_value, parts["logdensity"], parts["score"] = ddp.mean_over_ranks(
+        [float(loss.detach()), parts["logdensity"], parts["score"]]
+    )
+    return _StepInfo(dim, n, lr, loss_value, parts, float(grad_norm))
+
+
 def _train_worker(
     cfg: TrainConfig,
     model: torch.nn.Module,
@@ -540,26 +613,11 @@ def _train_worker(
     """Ranks other than 0: the same steps and collectives as rank 0, without its log,
     evaluation and checkpoints."""
     stop, handlers = _catch_signals()
-    bad = 0
+    run = _RunState.at(step, gen)
     model.train()
     try:
-        while step < cfg.steps and not ddp.any_rank(stop["signal"] is not None):
-            _, _, task = _draw_step(cfg, gen, device)
-            for group in opt.param_groups:
-                group["lr"] = _lr(cfg, step)
-            loss, parts = step_loss(task)
-            opt.zero_grad(set_to_none=True)
-            if ddp.any_rank(not torch.isfinite(loss)):
-                bad += 1
-                if bad > 20:
-                    raise FloatingPointError(f"20 non-finite losses in a row after step {step}")
-                continue
-            bad = 0
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            step += 1
-            ddp.mean_over_ranks([float(loss.detach()), parts["logdensity"], parts["score"]])
+        while run.step < cfg.steps and not ddp.any_rank(stop["signal"] is not None):
+            _train_step(cfg, run, model, opt, step_loss, gen, device)
         torch.distributed.barrier()  # rank 0 has written the last checkpoint
     finally:
         for sig, old in handlers.items():
@@ -600,33 +658,32 @@ def _train_locked(cfg: TrainConfig, out: Path, progress: bool) -> DiScoFormer:
     if rank != 0:  # rank 0 alone logs, evaluates and checkpoints
         return _train_worker(cfg, model, opt, gen, step, step_loss, device)
     val = _validation_for(cfg)
-    # (step, gen_state, torch_rng) always describe the same step boundary: the start of step + 1
-    gen_state, torch_rng = gen.get_state(), torch.get_rng_state()
+    run = _RunState.at(step, gen)
     log_path = out / "log.jsonl"
     if log_path.exists():  # drop records of steps after the checkpoint: they are redone
-        kept = _read_log(log_path, step)
+        kept = _read_log(log_path, run.step)
         tmp = log_path.with_name(f".{log_path.name}.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, log_path)
     log = open(log_path, "a", buffering=1)
 
-    saved_step = step if ckpt_path.exists() else -1  # the step checkpoint.pt holds
+    saved_step = run.step if ckpt_path.exists() else -1  # the step checkpoint.pt holds
 
     def checkpoint() -> bool:
         nonlocal saved_step
-        if step == saved_step:
+        if run.step == saved_step:
             return True  # already on disk: rotating it would drop the previous one
         if not _all_finite(model.state_dict(), opt.state_dict()):
-            bar.write(f"not checkpointing step {step}: non-finite weights; {ckpt_path} is kept")
+            bar.write(f"not checkpointing step {run.step}: non-finite weights; {ckpt_path} is kept")
             return False
         log.flush()
         os.fsync(log.fileno())
         state = {
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
-            "generator": gen_state,
-            "torch_rng": torch_rng,
-            "step": step,
+            "generator": run.gen_state,
+            "torch_rng": run.torch_rng,
+            "step": run.step,
             "elapsed": elapsed,
             "train_config": asdict(cfg),
             "model_config": cfg.model_config().to_dict(),
@@ -634,73 +691,55 @@ def _train_locked(cfg: TrainConfig, out: Path, progress: bool) -> DiScoFormer:
         if ckpt_path.exists():
             os.replace(ckpt_path, out / PREVIOUS)
         _save(ckpt_path, state)
-        saved_step = step
+        saved_step = run.step
         return True
 
     stop, handlers = _catch_signals()
     desc = f"train d={cfg.dim}" if cfg.arch != "universal" else f"train universal d={cfg.dim_min}…{cfg.dim}"
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=desc)
-    bad = 0
-    at_boundary = True  # model and optimiser are exactly the state after `step` steps
+    bar = tqdm(total=cfg.steps, initial=run.step, disable=not progress, desc=desc)
     model.train()
     try:
-        while step < cfg.steps and not ddp.any_rank(stop["signal"] is not None):
+        while run.step < cfg.steps and not ddp.any_rank(stop["signal"] is not None):
             t0 = time.perf_counter()
-            dim, n, task = _draw_step(cfg, gen, device)
-            for group in opt.param_groups:
-                group["lr"] = _lr(cfg, step)
-            loss, parts = step_loss(task)
-            opt.zero_grad(set_to_none=True)
-            if ddp.any_rank(not torch.isfinite(loss)):
-                bad += 1
-                if bad > 20:
-                    raise FloatingPointError(
-                        f"20 non-finite losses in a row after step {step}; lower the learning rate. "
-                        f"The last good checkpoints are kept: {ckpt_path} and {out / PREVIOUS}"
-                    )
+            try:
+                info = _train_step(cfg, run, model, opt, step_loss, gen, device)
+            except FloatingPointError as exc:
+                raise FloatingPointError(
+                    f"{exc}. The last good checkpoints are kept: {ckpt_path} and {out / PREVIOUS}"
+                ) from None
+            if info is None:  # skipped on every rank: a non-finite loss
                 continue
-            bad = 0
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            at_boundary = False
-            opt.step()
-            step += 1
-            gen_state, torch_rng = gen.get_state(), torch.get_rng_state()
-            at_boundary = True
             elapsed += time.perf_counter() - t0
-            loss_value, parts["logdensity"], parts["score"] = ddp.mean_over_ranks(
-                [float(loss.detach()), parts["logdensity"], parts["score"]]
-            )
             record = {
-                "step": step,
-                "n": n,
-                "d": dim,
-                "loss": loss_value,
-                **parts,
-                "grad_norm": float(gnorm),
-                "lr": _lr(cfg, step - 1),
+                "step": run.step,
+                "n": info.n,
+                "d": info.dim,
+                "loss": info.loss,
+                **info.parts,
+                "grad_norm": info.grad_norm,
+                "lr": info.lr,
                 "elapsed_s": round(elapsed, 2),
             }
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            if run.step % cfg.eval_every == 0 or run.step == cfg.steps:
                 record.update(evaluate(model, val))
             log.write(json.dumps(record) + "\n")
             bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", n=n)
-            if step % cfg.checkpoint_every == 0:
+            bar.set_postfix(loss=f"{record['loss']:.4f}", n=info.n)
+            if run.step % cfg.checkpoint_every == 0:
                 checkpoint()
         if stop["signal"] is not None:
             bar.write(
-                f"stopped by signal {stop['signal']} at step {step}; checkpoint saved to {ckpt_path}, "
+                f"stopped by signal {stop['signal']} at step {run.step}; checkpoint saved to {ckpt_path}, "
                 "run again to resume"
             )
         checkpoint()
         if world_size > 1:
             torch.distributed.barrier()  # the other ranks return once the checkpoint is on disk
     except KeyboardInterrupt:
-        if at_boundary and checkpoint():
-            bar.write(f"interrupted at step {step}; checkpoint saved, run again to resume")
+        if run.at_boundary and checkpoint():
+            bar.write(f"interrupted at step {run.step}; checkpoint saved, run again to resume")
         else:
-            bar.write(f"interrupted inside step {step + 1}; the last checkpoint {ckpt_path} is kept")
+            bar.write(f"interrupted inside step {run.step + 1}; the last checkpoint {ckpt_path} is kept")
     finally:
         log.close()
         bar.close()
