@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from pyro_disco.estimators.base import Estimator, SampleEstimator
+from pyro_disco.estimators.base import Estimator, SampleEstimator, as_logdensity_and_score_fn
 
 __all__ = ["log_prob_with_score", "score_with_jacobian"]
 
@@ -73,10 +73,8 @@ def _eval(
             raise ValueError("x contains non-finite values (NaN or inf)")
         logp, score = estimator._logdensity_and_score(xq.reshape(-1, xq.shape[-1]))
         logp, score = logp.reshape(xq.shape[:-1]), score.reshape(xq.shape)
-    elif hasattr(estimator, "logdensity_and_score"):
-        logp, score = estimator.logdensity_and_score(xq)
     else:
-        logp, score = estimator.logdensity(xq), estimator.score(xq)
+        logp, score = as_logdensity_and_score_fn(estimator)(xq)
     return logp.to(device=x.device, dtype=x.dtype), score.to(device=x.device, dtype=x.dtype)
 
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from pyro_disco.estimators.base import Estimator
+from pyro_disco.estimators.base import Estimator, as_logdensity_and_score_fn
 
 __all__ = ["GroupedEstimator"]
 
@@ -50,7 +50,7 @@ class GroupedEstimator:
 
     def logdensity_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
         flat, lead = self._split(x)
-        outs = [_both(est, flat[:, g]) for g, est in enumerate(self.estimators)]
+        outs = [as_logdensity_and_score_fn(est)(flat[:, g]) for g, est in enumerate(self.estimators)]
         logp = torch.stack([o[0] for o in outs], dim=1)  # m G
         score = torch.stack([o[1] for o in outs], dim=1)  # m G d
         return logp.reshape(*lead, *self.group_shape), score.reshape(*lead, *self.group_shape, self.dim)
@@ -67,9 +67,3 @@ class GroupedEstimator:
 
     def __repr__(self) -> str:
         return f"GroupedEstimator(groups={tuple(self.group_shape)}, first={self.estimators[0]!r})"
-
-
-def _both(est: Estimator, x: Tensor) -> tuple[Tensor, Tensor]:
-    if hasattr(est, "logdensity_and_score"):
-        return est.logdensity_and_score(x)
-    return est.logdensity(x), est.score(x)

@@ -44,7 +44,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from pyro_disco.estimators.base import Estimator
+from pyro_disco.estimators.base import Estimator, as_logdensity_and_score_fn
 
 __all__ = ["sharded_logdensity_and_score"]
 
@@ -57,13 +57,13 @@ def sharded_logdensity_and_score(
     the whole answer. Without an initialised process group this is one
     ``logdensity_and_score`` call."""
     if not (dist.is_available() and dist.is_initialized()):
-        return _both(estimator, x)
+        return as_logdensity_and_score_fn(estimator)(x)
     rank, size = dist.get_rank(group), dist.get_world_size(group)
     d = x.shape[-1]
     flat = x.reshape(-1, d)
     m = flat.shape[0]
     per = math.ceil(m / size)
-    logp, score = _both(estimator, flat[rank * per : (rank + 1) * per])
+    logp, score = as_logdensity_and_score_fn(estimator)(flat[rank * per : (rank + 1) * per])
     pad = per - logp.shape[0]  # the last ranks may hold fewer rows (or none): all_gather needs equal sizes
     mine = torch.cat([logp.unsqueeze(-1), score], dim=-1)  # per' (1 + d)
     mine = torch.cat([mine, mine.new_zeros(pad, d + 1)])
@@ -71,9 +71,3 @@ def sharded_logdensity_and_score(
     dist.all_gather(parts, mine.contiguous(), group=group)
     out = torch.cat(parts)[:m]
     return out[:, 0].reshape(x.shape[:-1]), out[:, 1:].reshape(x.shape)
-
-
-def _both(estimator: Estimator, x: Tensor) -> tuple[Tensor, Tensor]:
-    if hasattr(estimator, "logdensity_and_score"):
-        return estimator.logdensity_and_score(x)
-    return estimator.logdensity(x), estimator.score(x)
