@@ -15,6 +15,7 @@ import torch
 
 from pyro_disco.factory import build_estimator
 from pyro_disco.metrics import logdensity_mse, relative_score_error
+from pyro_disco.pretrained import available_dims
 from pyro_disco.targets import GaussianMixture
 
 __all__ = ["bimodal_2d", "compare", "run_demo"]
@@ -98,8 +99,6 @@ def run_demo(
     num_samples: int = 1024, num_queries: int = 2000, seed: int = 0, out: str | Path = "demo.png"
 ) -> list[dict]:
     """Run the demo, print the table, save the figure; returns the table rows."""
-    from pyro_disco.pretrained import available_dims
-
     target = bimodal_2d()
     g = torch.Generator().manual_seed(seed)
     samples = target.sample(num_samples, generator=g)
