@@ -27,8 +27,10 @@ from tqdm.auto import tqdm
 from pyro_disco.metrics import logdensity_mse, relative_score_error
 from pyro_disco.nn.discoformer import DiScoFormer, DiScoFormerConfig
 from pyro_disco.nn.universal import UniversalConfig, UniversalDiScoFormer
+from pyro_disco.pretrained import available_models, load_model, load_weights
 from pyro_disco.training import distributed as ddp
 from pyro_disco.training.tasks import MixtureTask, log_uniform_int, sample_task
+from pyro_disco.training.warm_start import reblend_mixture, warm_start_mixture
 
 try:
     import fcntl
@@ -318,8 +320,6 @@ def evaluate(model: DiScoFormer, tasks: dict) -> dict[str, float]:
 
 def _warm_start(cfg: TrainConfig) -> UniversalDiScoFormer:
     """The starting network of a fresh run with ``init_from`` (a shipped name or a weight file)."""
-    from pyro_disco.pretrained import available_models, load_model, load_weights
-    from pyro_disco.training.warm_start import reblend_mixture, warm_start_mixture
 
     old = load_model(cfg.init_from) if cfg.init_from in available_models() else load_weights(cfg.init_from)
     if old.config.max_dim != cfg.dim:
