@@ -171,7 +171,7 @@ def _pow2(n: int) -> str:
     return f"2^{k}" if 2**k == n else str(n)
 
 
-def report(rows: list[dict], *, command: str, extrapolate_to: int) -> str:
+def report(rows: list[dict], *, command: str, extrapolate_to: int, note: str = "") -> str:
     big = _pow2(extrapolate_to)
     lines = [
         "# Time and peak memory at large n (CPU, one thread)",
@@ -182,6 +182,7 @@ def report(rows: list[dict], *, command: str, extrapolate_to: int) -> str:
         "Memory in MiB: `base` the process's peak RSS before the build (imports, weights, data, a "
         "warm-up on 300 points), `build` its peak after the build, `peak` after the queries, `delta` = "
         "peak - base; `model` the memory model of `docs/memory.md` for delta (`delta / model` checks it).",
+        *([note] if note else []),
         "",
         "| estimator | d | n | m | build (s) | wall (s) | CPU (s) | base | build | peak | delta | model | "
         "delta / model |",
@@ -198,7 +199,9 @@ def report(rows: list[dict], *, command: str, extrapolate_to: int) -> str:
         "",
         "Fits over n per estimator and d (time: log-log slope of CPU time against n; memory: "
         "least-squares line of delta against n, its slope in bytes per sample). Cells marked "
-        "*extrapolated* were not measured: they follow the fits to n = " + big + ".",
+        "*extrapolated* were not measured: they follow the fits to n = " + big + " (time also at slope 2 "
+        "from the largest n: the O(n^2) encode alone, which the fitted slope, still lowered by the O(n) "
+        "and O(nm) parts at these n, underestimates).",
         "",
         f"| estimator | d | n measured | time slope | bytes per sample | CPU (s) at {big} | "
         f"delta (MiB) at {big} | model (MiB) at {big} |",
@@ -218,7 +221,8 @@ def report(rows: list[dict], *, command: str, extrapolate_to: int) -> str:
             else:
                 t_big = math.exp(a + slope * math.log(extrapolate_to))
                 m_big = (b0 + b1 * extrapolate_to) / MIB
-                t_cell = f"**{t_big:,.0f} (extrapolated)**"
+                t_quad = sub[-1]["cpu_s"] * (extrapolate_to / ns[-1]) ** 2  # the O(n^2) term alone
+                t_cell = f"**{t_big:,.0f} (extrapolated; {t_quad:,.0f} at slope 2)**"
                 m_cell = f"**{m_big:,.0f} (extrapolated)**"
             model_big = memory_model(kind, extrapolate_to, sub[-1]["m"], d)["peak"] / MIB
             lines.append(
@@ -235,6 +239,7 @@ def main(argv=None) -> None:
     p.add_argument("--dims", type=int, nargs="+", default=[2, 10])
     p.add_argument("--kinds", nargs="+", default=["kde", "gmm", "transformer"])
     p.add_argument("--rows", help="re-write the report from the JSON lines a run printed (no new runs)")
+    p.add_argument("--note", default="", help="a sentence for the report's header (how the rows were run)")
     p.add_argument("--one", choices=["kde", "gmm", "transformer"], help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--m", type=int, help=argparse.SUPPRESS)
@@ -254,7 +259,7 @@ def main(argv=None) -> None:
     if args.rows:
         lines = Path(args.rows).read_text().splitlines()
         rows = [json.loads(line) for line in lines if line.startswith('{"kind"')]
-        Path(args.out).write_text(report(rows, command=command, extrapolate_to=target))
+        Path(args.out).write_text(report(rows, command=command, extrapolate_to=target, note=args.note))
         return
     rows = []
     for kind in args.kinds:
