@@ -290,7 +290,7 @@ def estimate_case(name: str, build, n: int, m: int, d: int, device: torch.device
 
 
 def estimates_section(device, args, budget: Budget, report: Report) -> None:
-    sizes = [2**9, 2**10] if args.small else [2**16, 2**17]
+    sizes = [2**9, 2**10] if args.small else args.estimate_sizes
     dims = [2] if args.small else args.estimate_dims
     m = 256 if args.small else args.queries
     builders = _builders()
@@ -319,7 +319,7 @@ def estimates_section(device, args, budget: Budget, report: Report) -> None:
     for d in dims:
         for n in sizes:
             for name, build in builders.items():
-                label = f"| {name} | {d} | 2^{int(math.log2(n))} |"
+                label = f"| {name} | {d} | {f'2^{int(math.log2(n))}' if n & (n - 1) == 0 else n} |"
                 if budget.spent():
                     rows.append(f"{label} skipped (time budget) | | | |")
                     continue
@@ -421,6 +421,9 @@ def main(argv=None) -> int:
     p.add_argument("--train-steps", type=int, default=None, help="timed steps (default 30; small: 3)")
     p.add_argument("--train-warmup", type=int, default=None, help="untimed steps first (default 3; small: 1)")
     p.add_argument("--queries", type=int, default=4096, help="large-n estimates: queries")
+    p.add_argument(
+        "--estimate-sizes", type=int, nargs="+", default=[2**16, 2**17], help="large-n estimates: n"
+    )
     p.add_argument("--estimate-dims", type=int, nargs="+", default=[2, 10])
     p.add_argument("--accuracy-dims", type=int, nargs="+", default=[2, 10, 32])
     p.add_argument("--accuracy-sizes", type=int, nargs="+", default=[1024, 4096])
