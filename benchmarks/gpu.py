@@ -14,9 +14,10 @@ since the start; the file is rewritten after every case, so a killed run leaves 
    :func:`pyro_disco.training.train.train` (its data draw ``_draw_step``, the
    :class:`~pyro_disco.training.distributed.TaskLoss` around ``task_loss``, backward, gradient
    clipping, AdamW), the network built from the shipped default model's config (the
-   mixture-aware universal model) with the recipe it was trained with (``d`` drawn from 1 … 32
-   with P(d) ∝ √d, ``n`` log-uniform in [128, 4096], 128 queries per set, 4096 context tokens
-   per step: its model card; the paper summary gives no batch size). float32, and bf16 autocast
+   mixture-aware universal model, ``discoformer-universal-mix10`` when this was written) with the
+   recipe it was trained with (``d`` drawn from 1 … 32 with P(d) ∝ d, ``n`` log-uniform in
+   [128, 4096], 128 queries per set, 4096 context tokens per step: its model card; the paper
+   summary gives no batch size). float32, and bf16 autocast
    on CUDA; the same seed, so every precision sees the same steps. Reported: steps/s, context
    tokens/s, the share of the step spent drawing the data (on the CPU), peak memory.
 3. **Large-n estimates**: ``GaussianKDE`` (Scott), ``GaussianMixtureEstimator`` and
@@ -55,7 +56,7 @@ RECIPE = dict(
     dim=32,
     arch="universal",
     dim_min=1,
-    dim_power=0.5,
+    dim_power=1.0,
     score_metric="both",
     n_min=128,
     n_max=4096,
@@ -213,7 +214,7 @@ def training_section(device, args, budget: Budget, report: Report) -> None:
     head = [
         "## Training throughput (universal model, the real training step)",
         "",
-        f"Recipe of the shipped default model: d ~ 1 … 32 (P ∝ √d), n log-uniform in "
+        f"Recipe of the shipped default model: d ~ 1 … 32 (P ∝ d), n log-uniform in "
         f"[{RECIPE['n_min']}, {256 if args.small else RECIPE['n_max']}], "
         f"{32 if args.small else RECIPE['num_queries']} queries per set; "
         f"{args.train_steps} timed steps after {args.train_warmup} warm-up steps, same seed for every row. "

@@ -38,10 +38,10 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results" / "memory.md"
 MIB = 2**20
 
-# the shipped universal model (UniversalConfig defaults + 6 mixture components) and the library's
+# the shipped universal models (UniversalConfig widths; one mixture feature column) and the library's
 # block sizes: nn.common.kde_features and kde_logsumexp (the EM's ranking) take 1024 rows at a time,
 # GaussianKDE 2^18 elements, DiScoFormerEstimator 8192 queries per pass
-WIDTH, LAYERS, HEADS, HEAD_DIM, FFN, BANDWIDTHS, MIX_K = 128, 4, 8, 16, 512, 5, 6
+WIDTH, LAYERS, HEADS, HEAD_DIM, FFN, BANDWIDTHS = 128, 4, 8, 16, 512, 5
 ROWS, KDE_ELEMENTS, QUERY_BLOCK, GMM_K = 1024, 2**18, 8192, 10
 
 
