@@ -166,8 +166,12 @@ class GaussianMixtureEstimator(SampleEstimator):
         """``(num_samples, d)`` draws from the fitted mixture (each covariance scaled by
         ``widen**2``: a wider proposal for importance sampling)."""
         fit = self._fit
-        comp = torch.multinomial(fit.log_weights[0].exp(), num_samples, replacement=True, generator=generator)
-        eps = torch.randn(num_samples, self.dim, dtype=torch.float64, device=self.device, generator=generator)
+        # draw on the generator's device (a CPU generator with CUDA samples), then move
+        where = generator.device if generator is not None else self.device
+        weights = fit.log_weights[0].exp().to(where)
+        comp = torch.multinomial(weights, num_samples, replacement=True, generator=generator).to(self.device)
+        eps = torch.randn(num_samples, self.dim, dtype=torch.float64, device=where, generator=generator)
+        eps = eps.to(self.device)
         yw = fit.loc[0, comp] + widen * (fit.scale_tril[0, comp] @ eps.unsqueeze(-1)).squeeze(-1)
         return self.whitening.invert(yw).to(self.dtype)
 

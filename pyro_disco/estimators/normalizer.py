@@ -105,13 +105,16 @@ def _importance_estimate(
     wide_chol = 1.5 * torch.linalg.cholesky(cov)
     kernel_chol = torch.linalg.cholesky(cov * kde.bandwidth**2)
     per = num_draws // 3
-    idx = torch.randint(n, (per,), generator=generator)
-    eps = torch.randn(per, d, generator=generator, dtype=torch.float64)
+    where = generator.device if generator is not None else x.device  # draw there, then move
+    idx = torch.randint(n, (per,), generator=generator, device=where).to(x.device)
+    eps = torch.randn(per, d, generator=generator, dtype=torch.float64, device=where).to(x.device)
     z = torch.cat(
         [
-            gmm.sample(per, generator=generator),
+            gmm.sample(per, generator=generator).to(x.dtype),
             x[idx] + eps @ kernel_chol.T,
-            mean + torch.randn(per, d, generator=generator, dtype=torch.float64) @ wide_chol.T,
+            mean
+            + torch.randn(per, d, generator=generator, dtype=torch.float64, device=where).to(x.device)
+            @ wide_chol.T,
         ]
     )
     log_q = torch.logsumexp(
