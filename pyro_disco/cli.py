@@ -230,7 +230,9 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
             f"queries have d={queries.shape[1]} coordinates but the samples have d={samples.shape[1]}"
         )
     try:
-        est = build_estimator(samples, args.estimator)
+        # the transformer's encode is O(n²): a bar over its stages (after 2 s, on stderr)
+        extra = {"progress": not args.no_progress} if args.estimator == "transformer" else {}
+        est = build_estimator(samples, args.estimator, **extra)
         if args.adapt_steps:
             if not callable(getattr(est, "adapt", None)):
                 name = type(est).__name__

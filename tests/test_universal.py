@@ -507,3 +507,21 @@ def test_normalised_log_density_is_equivariant_up_to_its_monte_carlo_error(model
     assert float(shift.max() - shift.min()) <= 1e-10  # one constant for every point
     se = a.normalization.std_error + b.normalization.std_error
     assert a.normalization.ess >= 100 and abs(float(shift[0])) <= 4 * se
+
+
+def test_encode_reports_its_stages_and_the_estimator_can_show_them():
+    from pyro_disco.nn.discoformer import DiScoFormer, DiScoFormerConfig
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(1, 60, 3, generator=g)
+    for net in (_model(dtype=torch.float32, mixture_components=2), DiScoFormer(DiScoFormerConfig(dim=3))):
+        stages: list[str] = []
+        with torch.no_grad():
+            plain = net.eval().encode(x)
+            seen = net.encode(x, progress=stages.append)
+        assert len(stages) == 2 + len(net.blocks) and stages[-1] == f"layer {len(net.blocks)}"
+        assert torch.equal(plain.states, seen.states)  # the callback changes nothing
+    samples = torch.randn(80, 3, generator=g, dtype=torch.float64)
+    quiet = DiScoFormerEstimator(_model(), samples, normalize=False)
+    shown = DiScoFormerEstimator(_model(), samples, normalize=False, progress=True)
+    torch.testing.assert_close(shown.score(samples[:5]), quiet.score(samples[:5]), rtol=0, atol=0)

@@ -34,7 +34,12 @@ __all__ = [
     "gated_sum",
     "gated_vector_sum",
     "gaussian_residual",
+    "no_progress",
 ]
+
+
+def no_progress(stage: str) -> None:
+    """The encoders' default progress callback (``encode(progress=...)``): does nothing."""
 
 
 def kde_features(

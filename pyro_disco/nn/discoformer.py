@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -36,6 +37,7 @@ from pyro_disco.nn.common import (
     init_gates,
     kde_features,
     mlp_head,
+    no_progress,
 )
 
 __all__ = ["DiScoFormerConfig", "DiScoFormer", "EncodedContext"]
@@ -171,17 +173,25 @@ class DiScoFormer(nn.Module):
             logf, score = gaussian_residual(logf, score, y)
         return logf, score
 
-    def encode(self, context: Tensor, *, block_size: int = 4096) -> EncodedContext:
-        """Run the encoder over whitened samples ``(B, n, d)``."""
+    def encode(
+        self, context: Tensor, *, block_size: int = 4096, progress: Callable[[str], None] | None = None
+    ) -> EncodedContext:
+        """Run the encoder over whitened samples ``(B, n, d)``; ``progress(stage)``, if given, is
+        called after each of its ``2 + num_layers`` stages (the KDE features, the tokens, each
+        layer)."""
+        tick = progress if progress is not None else no_progress
         features = None
         if self.config.kde_features:
             features = kde_features(context, context, self._bandwidths(context.shape[-2]))
+        tick("KDE features")
         h = self._tokens(context, features)  # B n C
+        tick("tokens")
         keys, values = [], []
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             h, k, v = block.context(h, block_size)
             keys.append(k)
             values.append(v)
+            tick(f"layer {i + 1}")
         return EncodedContext(keys, values, h, context, features)
 
     def at_context(self, context: Tensor, encoded: EncodedContext) -> tuple[Tensor, Tensor]:
