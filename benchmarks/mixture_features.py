@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "mixture_features.md"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float32)  # peers.py sets float64; the network runs in float32, as shipped
     net = load_network(args.model)
     models = variants(net)
     lines = [
