@@ -104,6 +104,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
         eval_every=args.eval_every,
+        warmup=args.warmup,
         model=model,
         arch=args.arch,
         dim_min=args.dim_min,
@@ -111,6 +112,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         score_metric=args.score_metric,
         init_from=args.init_from,
         init_blend=args.init_blend,
+        heavy_tail_fraction=args.heavy_tail_fraction,
         data_seeding=args.data_seeding or ("per-set" if distributed else "stream"),
     )
     try:
@@ -282,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
     p.add_argument("--d-model", type=int, default=None)
     p.add_argument("--num-layers", type=int, default=None)
     p.add_argument(
@@ -319,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.5,
         help="with --init-from: start at (1-b)·old network + b·BIC mixture",
+    )
+    p.add_argument(
+        "--heavy-tail-fraction",
+        type=float,
+        default=0.0,
+        help="the fraction of steps trained on heavy-tailed mixtures (Student-t and Laplace products) "
+        "instead of Gaussian mixtures",
     )
     p.add_argument("--num-heads", type=int, default=None)
     p.add_argument("--d-ff", type=int, default=None)

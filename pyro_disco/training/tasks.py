@@ -6,6 +6,11 @@ Algorithm 1 of DiScoFormer (arXiv:2511.05924): each set draws a mixture with
 come from it (fresh points), from the context itself, and from a second, independent
 mixture (off-support points). Targets are the exact log-density and score of the *context*
 mixture, expressed in the context's whitened coordinates.
+
+Beyond the paper, :func:`sample_task` can draw heavy-tailed sets
+(``marginal="student-t"`` or ``"laplace"``, :func:`random_product_mixtures`): mixtures of
+rotated, scaled products of Student-t or Laplace marginals, so that a network also learns the
+tails that Gaussian mixtures lack (issue 11: off-family sets).
 """
 
 from __future__ import annotations
@@ -17,9 +22,19 @@ import torch
 from torch import Tensor
 
 from pyro_disco.estimators.whitening import fit_whitening
-from pyro_disco.targets import GaussianMixture
+from pyro_disco.targets import GaussianMixture, ProductMixture
 
-__all__ = ["random_rotation", "random_mixtures", "MixtureTask", "sample_task", "log_uniform_int"]
+__all__ = [
+    "random_rotation",
+    "random_mixtures",
+    "random_product_mixtures",
+    "MixtureTask",
+    "sample_task",
+    "log_uniform_int",
+]
+
+HEAVY_TAIL_K_RANGE = (1, 5)  # components of a heavy-tailed training set
+HEAVY_TAIL_DF = (3, 10)  # Student-t degrees of freedom, drawn uniformly among the integers
 
 
 def random_rotation(
@@ -29,6 +44,31 @@ def random_rotation(
     g = torch.randn(batch, dim, dim, generator=generator, dtype=dtype)
     q, r = torch.linalg.qr(g)
     return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+
+
+def _random_components(
+    batch: int,
+    dim: int,
+    *,
+    k_range: tuple[int, int],
+    mean_range: float,
+    scale_range: tuple[float, float],
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Weights ``(B, K)`` (zero past each set's k), means ``(B, K, d)``, rotations ``R``
+    ``(B, K, d, d)`` and scales ``s`` ``(B, K, d)`` of random components (Algorithm 1's draws,
+    in its order)."""
+    k_lo, k_hi = k_range
+    k_max = k_hi
+    ks = torch.randint(k_lo, k_hi + 1, (batch,), generator=generator)
+    active = torch.arange(k_max).unsqueeze(0) < ks.unsqueeze(1)  # B K
+    raw = -torch.log(torch.rand(batch, k_max, generator=generator, dtype=torch.float64))  # Dirichlet(1)
+    weights = torch.where(active, raw, torch.zeros_like(raw))
+    means = (2 * torch.rand(batch, k_max, dim, generator=generator, dtype=torch.float64) - 1) * mean_range
+    lo, hi = scale_range
+    scales = lo + (hi - lo) * torch.rand(batch, k_max, dim, generator=generator, dtype=torch.float64)
+    rot = random_rotation(batch * k_max, dim, generator=generator).view(batch, k_max, dim, dim)
+    return weights, means, rot, scales
 
 
 def random_mixtures(
@@ -42,18 +82,34 @@ def random_mixtures(
 ) -> GaussianMixture:
     """A batch of ``batch`` random mixtures in ``d`` dimensions (padded to ``k_max`` components
     with zero weight)."""
-    k_lo, k_hi = k_range
-    k_max = k_hi
-    ks = torch.randint(k_lo, k_hi + 1, (batch,), generator=generator)
-    active = torch.arange(k_max).unsqueeze(0) < ks.unsqueeze(1)  # B K
-    raw = -torch.log(torch.rand(batch, k_max, generator=generator, dtype=torch.float64))  # Dirichlet(1)
-    weights = torch.where(active, raw, torch.zeros_like(raw))
-    means = (2 * torch.rand(batch, k_max, dim, generator=generator, dtype=torch.float64) - 1) * mean_range
-    lo, hi = scale_range
-    scales = lo + (hi - lo) * torch.rand(batch, k_max, dim, generator=generator, dtype=torch.float64)
-    rot = random_rotation(batch * k_max, dim, generator=generator).view(batch, k_max, dim, dim)
+    weights, means, rot, scales = _random_components(
+        batch, dim, k_range=k_range, mean_range=mean_range, scale_range=scale_range, generator=generator
+    )
     cov = rot @ torch.diag_embed(scales**2) @ rot.transpose(-1, -2)
     return GaussianMixture(weights, means, 0.5 * (cov + cov.transpose(-1, -2)))
+
+
+def random_product_mixtures(
+    batch: int,
+    dim: int,
+    marginal: str,
+    *,
+    k_range: tuple[int, int] = HEAVY_TAIL_K_RANGE,
+    df_range: tuple[int, int] = HEAVY_TAIL_DF,
+    mean_range: float = 3.0,
+    scale_range: tuple[float, float] = (0.2, 1.0),
+    generator: torch.Generator | None = None,
+) -> ProductMixture:
+    """A batch of random mixtures of rotated, scaled products of ``marginal`` (see
+    :class:`~pyro_disco.targets.ProductMixture`), drawn like :func:`random_mixtures`; each set's
+    Student-t degrees of freedom are uniform on the integers of ``df_range``."""
+    weights, means, rot, scales = _random_components(
+        batch, dim, k_range=k_range, mean_range=mean_range, scale_range=scale_range, generator=generator
+    )
+    df = None
+    if marginal == "student-t":
+        df = torch.randint(df_range[0], df_range[1] + 1, (batch,), generator=generator).to(torch.float64)
+    return ProductMixture(weights, means, rot * scales.unsqueeze(-2), marginal, df=df)
 
 
 def log_uniform_int(lo: int, hi: int, *, generator: torch.Generator | None = None) -> int:
@@ -88,14 +144,20 @@ def sample_task(
     num_queries: int,
     *,
     off_support_fraction: float = 0.25,
+    marginal: str = "gaussian",
     generator: torch.Generator | None = None,
     **mixture_kwargs: Any,
 ) -> MixtureTask:
     """Draw ``batch`` mixtures, ``num_samples`` context points each, and ``num_queries`` queries
     (a fraction ``off_support_fraction`` from an independent mixture, the rest fresh from the
-    context's own mixture)."""
-    mix = random_mixtures(batch, dim, generator=generator, **mixture_kwargs)
-    other = random_mixtures(batch, dim, generator=generator, **mixture_kwargs)
+    context's own mixture). ``marginal="student-t"`` or ``"laplace"`` draws heavy-tailed
+    mixtures (:func:`random_product_mixtures`) for the context and the off-support queries."""
+    if marginal == "gaussian":
+        mix = random_mixtures(batch, dim, generator=generator, **mixture_kwargs)
+        other = random_mixtures(batch, dim, generator=generator, **mixture_kwargs)
+    else:
+        mix = random_product_mixtures(batch, dim, marginal, generator=generator, **mixture_kwargs)
+        other = random_product_mixtures(batch, dim, marginal, generator=generator, **mixture_kwargs)
     x = mix.sample(num_samples, generator=generator)  # B n d
     m_off = int(round(off_support_fraction * num_queries))
     y = torch.cat(

@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 UNIVERSAL_VAL_DIMS = (2, 5, 10, 32)  # dimensions the universal model is validated on during training
+HEAVY_TAIL_VAL_DIMS = (2, 5, 10)  # ... and on heavy-tailed sets, in a run that trains on them
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"  # the checkpoint before the newest, kept when a new one is written
@@ -95,6 +96,10 @@ class TrainConfig:
     # of torchrun ranks draws the same global batch (required with more than one process; see
     # training.distributed)
     data_seeding: str = "stream"
+    # the fraction of steps whose sets are heavy-tailed mixtures (half Student-t, half Laplace
+    # products; training.tasks.random_product_mixtures) instead of Gaussian mixtures; with 0 the
+    # data stream is the historical one
+    heavy_tail_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         self._check_ranges()
@@ -146,6 +151,7 @@ class TrainConfig:
             "clip",
             "dim_power",
             "init_blend",
+            "heavy_tail_fraction",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -159,6 +165,10 @@ class TrainConfig:
         need(
             0.0 <= self.off_support_fraction <= 1.0,
             f"off_support_fraction must be in [0, 1], got {self.off_support_fraction}",
+        )
+        need(
+            0.0 <= self.heavy_tail_fraction <= 1.0,
+            f"heavy_tail_fraction must be in [0, 1], got {self.heavy_tail_fraction}",
         )
         need(0.0 <= self.init_blend <= 1.0, f"init_blend must be in [0, 1], got {self.init_blend}")
         need(0.0 <= self.alpha <= 1.0, f"alpha (log-density loss weight) must be in [0, 1], got {self.alpha}")
@@ -207,6 +217,7 @@ def task_loss(
     *,
     normalize: bool = False,
     score_metric: str = "whitened",
+    robust_logdensity: bool = False,
 ) -> tuple[Tensor, dict]:
     """α·MSE(log-density) + (1−α)·MSE(score per coordinate) over the context points, fresh
     on-support queries and off-support queries.
@@ -222,6 +233,10 @@ def task_loss(
     errors are divided by ``1 + |target|²`` (per coordinate for the score, on the residual
     over the whitened Gaussian for the log-density), so they count as relative errors and do
     not drown the on-support signal. On-support points carry weight one.
+
+    ``robust_logdensity=True`` (runs with heavy-tailed sets) replaces each point's log-density
+    error e by log(1 + e): quadratic for small errors, and a few points far out in a Student-t
+    tail (where a log-density error can reach hundreds) no longer dominate the step.
     """
     dtype = next(model.parameters()).dtype
     x, y = task.context.to(dtype), task.queries.to(dtype)
@@ -249,6 +264,8 @@ def task_loss(
     )
     if normalize:
         err_l = err_l / d
+    if robust_logdensity:
+        err_l = torch.log1p(err_l)
         on = (~off).sum(1).min()
         scale = torch.cat([task.context_score, task.query_score[:, :on]], dim=1)
         err_s = err_s / scale.square().mean(dim=(1, 2)).to(dtype).unsqueeze(1)
@@ -275,11 +292,16 @@ def validation_tasks(
     num_sets: int = 16,
     num_queries: int = 256,
     seed: int = 2**31 - 7,
+    marginal: str = "gaussian",
 ) -> dict[int, MixtureTask]:
-    """A fixed validation set (its own seed, disjoint from training seeds), on-support queries only."""
+    """A fixed validation set (its own seed, disjoint from training seeds), on-support queries
+    only; ``marginal`` as in :func:`~pyro_disco.training.tasks.sample_task`."""
     g = torch.Generator().manual_seed(seed + dim)
     return {
-        n: sample_task(num_sets, dim, n, num_queries, off_support_fraction=0.0, generator=g) for n in sizes
+        n: sample_task(
+            num_sets, dim, n, num_queries, off_support_fraction=0.0, marginal=marginal, generator=g
+        )
+        for n in sizes
     }
 
 
@@ -290,6 +312,12 @@ def _validation_for(cfg: TrainConfig) -> dict[str, MixtureTask]:
     for d in UNIVERSAL_VAL_DIMS:
         if cfg.dim_min <= d <= cfg.dim:
             out.update({f"d{d}_n{n}": t for n, t in validation_tasks(d, num_sets=8).items()})
+    if cfg.heavy_tail_fraction > 0:  # and the heavy-tailed sets the run trains on
+        for marginal, tag in (("student-t", "t"), ("laplace", "lap")):
+            for d in HEAVY_TAIL_VAL_DIMS:
+                if cfg.dim_min <= d <= cfg.dim:
+                    tasks = validation_tasks(d, num_sets=8, marginal=marginal)
+                    out.update({f"{tag}_d{d}_n{n}": t for n, t in tasks.items()})
     return out
 
 
@@ -520,6 +548,10 @@ def _draw_step(cfg: TrainConfig, gen: torch.Generator, device: torch.device) -> 
     n = max(log_uniform_int(cfg.n_min, cfg.n_max, generator=gen), 2 * dim + 2)
     batch = max(1, cfg.tokens_per_step // n)
     kwargs = dict(off_support_fraction=cfg.off_support_fraction)
+    if cfg.heavy_tail_fraction > 0:  # drawn only then: a run without keeps the historical stream
+        u = float(torch.rand((), generator=gen, dtype=torch.float64))
+        if u < cfg.heavy_tail_fraction:
+            kwargs["marginal"] = "student-t" if u < cfg.heavy_tail_fraction / 2 else "laplace"
     if cfg.data_seeding == "per-set":
         sets = ddp.rank_sets(batch, *ddp.world())
         task = ddp.sample_sets(ddp.draw_base_seed(gen), sets, dim, n, cfg.num_queries, **kwargs)
@@ -650,7 +682,12 @@ def _train_locked(cfg: TrainConfig, out: Path, progress: bool) -> DiScoFormer:
     elif cfg.init_from is not None:
         model = _warm_start(cfg).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_kwargs = dict(alpha=cfg.alpha, normalize=cfg.arch == "universal", score_metric=cfg.score_metric)
+    loss_kwargs = dict(
+        alpha=cfg.alpha,
+        normalize=cfg.arch == "universal",
+        score_metric=cfg.score_metric,
+        robust_logdensity=cfg.heavy_tail_fraction > 0,
+    )
     step_loss = ddp.TaskLoss(model, task_loss, **loss_kwargs)
     if world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
