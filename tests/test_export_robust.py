@@ -124,6 +124,8 @@ def test_model_card_command_reproduces_a_warm_started_mixture_run(monkeypatch):
         model={"mixture_components": 6, "mixture_shrinkage": 0.2, "mixture_split_init": True},
         init_from="discoformer-universal",
         init_blend=0.5,
+        warmup=30,
+        heavy_tail_fraction=0.5,
     )
     seen = {}
     monkeypatch.setattr(pyro_disco.training, "train", lambda c, out, **kw: seen.update(cfg=c, out=out))
@@ -140,6 +142,8 @@ def test_model_card_command_reproduces_a_warm_started_mixture_run(monkeypatch):
         "score_metric",
         "init_from",
         "init_blend",
+        "warmup",
+        "heavy_tail_fraction",
     ):
         assert getattr(got, field) == getattr(cfg, field), field
     assert got.model == cfg.model

@@ -35,6 +35,8 @@ def train_command(cfg: TrainConfig, out: str) -> str:
         "seed",
         "threads",
         "eval_every",
+        "warmup",
+        "heavy_tail_fraction",
     ):
         value = getattr(cfg, name)
         if value != getattr(default, name) or name == "steps":
