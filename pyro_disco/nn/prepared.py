@@ -4,11 +4,13 @@ r"""The universal network's query with everything that depends only on the conte
 point against ``n = 1024`` context tokens is about 4 MFLOP, a tenth of a millisecond of
 arithmetic, but about 380 ATen calls through ``nn.Module`` s, each a few microseconds of
 dispatch: a NUTS leapfrog pays for the calls, not the FLOPs. :class:`PreparedQuery` computes the
-same function with about a third of the calls. Held once per encoded context:
+same function with 161 calls (the shipped ``discoformer-universal-mix10``), about half the time
+at one point (``benchmarks/results/nuts_cost.md``). Held once per encoded context:
 
-- per layer, the context's keys :math:`k_{jh}` and values :math:`[v_{jh}, p_j]` as views of the
-  encoded ones; the heads' :math:`\beta_{lh}`; the query projection with its
-  :math:`1/\sqrt e` folded in; the output projection and the Gram update as one matrix;
+- per layer, the context's keys :math:`k_{jh}` (a contiguous copy, ``(H, e, n)``) and values
+  :math:`[v_{jh}, p_j]` (a view of the encoded ones); the heads' :math:`\beta_{lh}`; the query
+  projection per head with its :math:`1/\sqrt e` folded in; the output projection, the Gram
+  update (spread over the full Gram matrix) and both biases as one matrix;
 - the context positions' :math:`-\|p_j\|^2`, so that one ``addmm`` gives
   :math:`D_{ij} = 2\, y_i \cdot p_j - \|p_j\|^2`, shared by every layer's positional logits
   (:math:`\beta_{lh} D_{ij}`, equal to :math:`-\beta_{lh}\|y_i - p_j\|^2` up to a per-row
@@ -51,10 +53,10 @@ from pyro_disco.nn.universal import EquivariantBlock, UniversalContext, Universa
 
 __all__ = ["PreparedQuery", "PREPARED_MAX_QUERIES"]
 
-# Up to this many query rows the prepared path is faster than the general one (one thread,
-# n = 1024: benchmarks/results/nuts_cost.md); beyond it the general path's blocked fused
-# attention is as fast per row and bounded in memory.
-PREPARED_MAX_QUERIES = 64
+# Up to this many query rows the prepared path is the faster (one thread, n = 1024, d = 2 and
+# 10: 0.45 vs 0.67 ms per row at m = 8, 0.28 vs 0.28-0.31 at m = 32, even at m = 64); beyond it
+# the general path's blocked fused attention is as fast per row and bounded in memory.
+PREPARED_MAX_QUERIES = 32
 
 
 class _Layer(NamedTuple):
@@ -122,7 +124,8 @@ class PreparedQuery:
             self.num_samples, self.dim, self.dtype = n, d, dtype
             self._two_positions_t = 2 * p.t()  # d n
             self._neg_sq = -p.square().sum(-1)  # n
-            bw = torch.tensor([c * scott for c in cfg.kde_features], dtype=torch.float64).view(-1, 1, 1)
+            bw = torch.tensor([c * scott for c in cfg.kde_features], dtype=torch.float64, device=p.device)
+            bw = bw.view(-1, 1, 1)
             self._kde_coef = (-0.5 / bw**2).to(dtype)  # K 1 1
             self._kde_keep = (1 - 1 / bw**2).to(dtype)  # K 1 1: the part of y a KDE score correction keeps
             self._kde_positions = (p.double() / bw**2).to(dtype)  # K n d
@@ -132,7 +135,7 @@ class PreparedQuery:
             self._num_features = k
             self._prepare_embed(model, k, n, d)
             blocks = model.blocks
-            self._betas = torch.cat([b.beta(scott) for b in blocks]).to(dtype).view(-1, 1, 1)  # L H 1 1
+            self._betas = torch.cat([b.beta(scott) for b in blocks]).to(dtype).view(-1, 1, 1)  # (L H) 1 1
             self._num_heads = cfg.num_heads
             self._zero = p.new_zeros(1, 1, 1)  # baddbmm's ignored input (beta=0)
             self._layers = [
@@ -152,15 +155,15 @@ class PreparedQuery:
         its per-column affine maps into one scale and shift, and spread its Gram columns over
         the full ``(K+1)²`` Gram matrix (see :meth:`_inputs`)."""
         w, b = model.embed.weight.detach(), model.embed.bias.detach()
-        dtype = w.dtype
-        const = torch.tensor([math.log(d), math.log(n) / 8, 1.0 / d], dtype=dtype)
+        like = dict(dtype=w.dtype, device=w.device)
+        const = torch.tensor([math.log(d), math.log(n) / 8, 1.0 / d], **like)
         self._embed_bias = b + w[:, 2:5] @ const
         gram = _upper_gram_weight(w[:, 5 + 2 * k :], k + 1)
         self._embed_weight_t = _t(torch.cat([w[:, :2], w[:, 5 : 5 + 2 * k], gram], 1))
         rd = math.sqrt(d)
-        ones = torch.ones(k, dtype=dtype)
-        head = torch.tensor([1.0 / d, rd / d], dtype=dtype)
-        gram_scale = torch.full(((k + 1) ** 2,), 1.0 / d, dtype=dtype)
+        ones = torch.ones(k, **like)
+        head = torch.tensor([1.0 / d, rd / d], **like)
+        gram_scale = torch.full(((k + 1) ** 2,), 1.0 / d, **like)
         self._input_scale = torch.cat([head, ones, ones / d, gram_scale])
         self._input_shift = torch.zeros_like(self._input_scale)
         self._input_shift[1] = -rd
