@@ -19,7 +19,7 @@ from pyro_disco.estimators.selection import select_estimator
 from pyro_disco.estimators.whitening import check_samples, quiet_outliers
 from pyro_disco.pretrained import auto_dims, available_dims, pretrained_estimator
 
-__all__ = ["build_estimator", "resolve_estimator", "ESTIMATORS"]
+__all__ = ["build_estimator", "resolve_estimator", "auto_candidates", "ESTIMATORS"]
 
 ESTIMATORS = ("auto", "transformer", "gmm", "kde", "silverman-kde", "sdkde", "emp-sdkde")
 
@@ -32,10 +32,11 @@ def resolve_estimator(
     - ``"auto"``: chosen on the samples themselves by a 2-fold held-out Hyvärinen score
       (:func:`~pyro_disco.estimators.selection.select_estimator`) among the Gaussian mixture
       (``"gmm"``), Scott's KDE and — where the registry's ``auto`` list covers ``d`` — the
-      pretrained transformer (``pretrained.default_model_name(d)``); ties go to the simpler, in
-      that order. The winner is refitted on all samples and carries the report as
-      ``.selection``; the returned name is the winner's. It costs about two fits of each
-      candidate on half the samples plus ``d`` backward passes over 512 held-out points;
+      pretrained transformer (``pretrained.default_model_name(d)``); ties (within a quarter
+      of a paired standard error) go to the simpler, in that order. The winner is refitted on
+      all samples and carries the report as ``.selection``; the returned name is the winner's.
+      It costs about two fits of each candidate on half the samples plus ``d`` backward passes
+      over at most 1024 held-out points;
     - ``"transformer"``: the pretrained transformer (error naming the shipped dimensions if none);
     - ``"gmm"``: :class:`GaussianMixtureEstimator` (EM, k by BIC);
     - ``"kde"``: :class:`GaussianKDE` (Scott); ``"silverman-kde"``: Silverman's rule;
@@ -66,16 +67,24 @@ def resolve_estimator(
         return _build_by_name(x, estimator, **estimator_kwargs)
 
 
+def auto_candidates(dim: int, whitening: str | None = None) -> dict[str, Any]:
+    """``"auto"``'s candidates for dimension ``dim``, simplest first: name -> ``samples -> estimator``
+    (the transformer only where the registry's ``auto`` list covers ``dim``); ``whitening``, if
+    given, goes to every candidate (they whiten as the winner will)."""
+    builders: dict[str, Any] = {"gmm": GaussianMixtureEstimator, "kde": GaussianKDE}
+    if dim in auto_dims():
+        builders["transformer"] = pretrained_estimator
+    if whitening is not None:
+        builders = {k: partial(b, whitening=whitening) for k, b in builders.items()}
+    return builders
+
+
 def _build_by_name(x: Tensor, estimator: str, **estimator_kwargs: Any) -> tuple[Estimator, str]:
     has_model = x.shape[1] in available_dims()
     if estimator == "auto":
         # the candidates would fail one by one on degenerate folds: give the shared clear error
         check_samples(x.detach(), estimator_kwargs.get("whitening", "standard"))
-        builders = {"gmm": GaussianMixtureEstimator, "kde": GaussianKDE}
-        if x.shape[1] in auto_dims():
-            builders["transformer"] = pretrained_estimator
-        if "whitening" in estimator_kwargs:  # the candidates whiten as the winner will
-            builders = {k: partial(b, whitening=estimator_kwargs["whitening"]) for k, b in builders.items()}
+        builders = auto_candidates(x.shape[1], estimator_kwargs.get("whitening"))
         selection = select_estimator(x.detach(), builders)
         est, name = resolve_estimator(x, selection.chosen, **estimator_kwargs)
         est.selection = selection

@@ -32,6 +32,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
             "auto-dims:",
         ),
         ("peers.py", ["--smoke", "--out", "{tmp}/peers.md"], "sklearn GMM-BIC"),
+        ("selection_rules.py", ["--smoke", "--out", "{tmp}/sel.md"], "(**new default**)"),
         ("nuts_cost.py", ["--smoke"], "per leapfrog"),
         ("memory.py", ["--small", "--kinds", "kde", "--out", "{tmp}/memory.md"], "delta / model"),
     ],
