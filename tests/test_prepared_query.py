@@ -91,20 +91,23 @@ def test_prepared_query_takes_one_sample_set():
         PreparedQuery(model, model.encode(torch.randn(2, 50, 2, dtype=torch.float64)))
 
 
-@pytest.mark.parametrize("m", [1, 5, PREPARED_MAX_QUERIES + 1])
+@pytest.mark.parametrize("m", [1, 5, PREPARED_MAX_QUERIES + 2])
 def test_estimator_answers_few_points_by_the_prepared_query(m):
     """Same estimator outputs with and without the prepared path (inside the data's extent, in
     the far-field blend and beyond it), and under autograd."""
     model = _model(3, torch.float32)
     samples = _cloud(200, 2, torch.float64)[0] * 2.0 + 1.0
     est = DiScoFormerEstimator(model, samples, normalize=False)
-    assert est._prepared is not None
     general = DiScoFormerEstimator(model, samples, normalize=False)
-    general._prepared = None
+    general._use_prepared = False
     g = torch.Generator().manual_seed(5)
     x = samples.mean(0) + 2.0 * torch.randn(m, 2, generator=g, dtype=torch.float64)
     x[0] = samples.mean(0) + 100.0  # past the far-field tail
-    for a, b in zip(est.logdensity_and_score(x), general.logdensity_and_score(x)):
+    with torch.inference_mode():  # the prepared query is built from plain tensors all the same
+        answers = est.logdensity_and_score(x)
+    # built on the first query of at most PREPARED_MAX_QUERIES points for the network (all but x[0])
+    assert (est._prepared is not None) == (0 < m - 1 <= PREPARED_MAX_QUERIES)
+    for a, b in zip(answers, general.logdensity_and_score(x)):
         torch.testing.assert_close(a, b, **TOL[torch.float32])
     with torch.enable_grad():
         xr = x.clone().requires_grad_(True)

@@ -138,10 +138,11 @@ class DiScoFormerEstimator(SampleEstimator):
                 block_size=block_size,
                 progress=lambda stage: bar.set_postfix_str(stage) or bar.update(),
             )
-        # the universal network's query with its context-only parts computed once: a few query
-        # points (a NUTS leapfrog) at a third of the general query's kernel calls
-        universal = isinstance(model, UniversalDiScoFormer)
-        self._prepared = PreparedQuery(model, self._encoded) if universal else None
+        # the universal network's query with its context-only parts computed once, built on the
+        # first small query: a few points (a NUTS leapfrog) at under half the general query's
+        # kernel calls; its key copies (2 KB per sample) are not made for large batches alone
+        self._use_prepared = isinstance(model, UniversalDiScoFormer)
+        self._prepared: PreparedQuery | None = None
         self._at_samples: tuple[Tensor, Tensor] | None = None
         radius = float(self._context[0].double().norm(dim=-1).max())
         self._normalize, self._normalization = normalize, None
@@ -210,7 +211,10 @@ class DiScoFormerEstimator(SampleEstimator):
     def _query(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """The network's log-density ``(m,)`` and score ``(m, d)`` at whitened ``y`` ``(m, d)``
         (network dtype): the prepared query for a few points, else the general one by blocks."""
-        if self._prepared is not None and y.shape[0] <= PREPARED_MAX_QUERIES:
+        if self._use_prepared and y.shape[0] <= PREPARED_MAX_QUERIES:
+            if self._prepared is None:
+                with torch.inference_mode(False):  # plain tensors: later queries may need a graph
+                    self._prepared = PreparedQuery(self.model, self._encoded)
             # without a graph to record, inference mode skips autograd's per-call bookkeeping
             # (about 15 % of a one-point query); every caller in this class maps the results
             # to new tensors outside it, so no inference tensor leaves the estimator
