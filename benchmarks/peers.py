@@ -51,11 +51,14 @@ import torch
 from torch.distributions import Independent, Laplace, StudentT
 
 from pyro_disco import build_estimator
-from pyro_disco.estimators.kde import GaussianKDE, bandwidth_factor
+from pyro_disco.estimators.kde import GaussianKDE
 from pyro_disco.estimators.mixture import GaussianMixtureEstimator
 from pyro_disco.metrics import logdensity_mse, relative_score_error
 from pyro_disco.targets import ExactDistribution, GaussianMixture
 from pyro_disco.training.tasks import random_mixtures
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _peers_common import SklearnGMM, auto_choice, cv_kde  # noqa: E402
 
 torch.set_default_dtype(torch.float64)
 SEED = 616161
@@ -66,63 +69,6 @@ FAMILIES = ["mixture", "Laplace", "Student-t3", "banana", "funnel"]
 
 
 # ---------------------------------------------------------------- peers
-
-
-class SklearnGMM:
-    """scikit-learn's GaussianMixture, k = 1..k_max (k < n) by lowest BIC, exposed with exact
-    ``logdensity`` and ``score``."""
-
-    def __init__(self, x: torch.Tensor, k_max: int = 10):
-        from sklearn.mixture import GaussianMixture as SkGMM
-
-        xn = x.detach().cpu().numpy()
-        best = None
-        for k in range(1, min(k_max, x.shape[0] - 1) + 1):
-            m = SkGMM(k, covariance_type="full", random_state=0).fit(xn)
-            bic = m.bic(xn)
-            if best is None or bic < best[0]:
-                best = (bic, m)
-        m = best[1]
-        self.num_components = m.n_components
-        t = lambda a: torch.as_tensor(a, dtype=torch.float64)[None]  # noqa: E731
-        self._gm = GaussianMixture(t(m.weights_), t(m.means_), t(m.covariances_))
-
-    def logdensity(self, x):
-        return self._gm.logdensity(x[None])[0]
-
-    def proposal(self) -> GaussianMixture:
-        """Defensive importance proposal: half the fit, half the fit with covariances x 4."""
-        gm = self._gm
-        return GaussianMixture(
-            torch.cat([gm.weights, gm.weights], -1),
-            torch.cat([gm.means, gm.means], -2),
-            torch.cat([gm.covariances, 4 * gm.covariances], -3),
-        )
-
-    def score(self, x):
-        return self._gm.score(x[None])[0]
-
-
-GRID = torch.logspace(math.log10(0.05), math.log10(2.0), 12).tolist()
-
-
-def cv_kde(x: torch.Tensor, seed: int = 0):
-    """Gaussian KDE with factor chosen by 2-fold held-out log-likelihood (see module docstring)."""
-    n, d = x.shape
-    scott = bandwidth_factor("scott", n, d)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    a, b = x[perm[: n // 2]], x[perm[n // 2 :]]
-    best = None
-    for c in GRID:
-        f = c * scott
-        ll = 0.5 * (
-            GaussianKDE(a, f).logdensity(b).mean().item() + GaussianKDE(b, f).logdensity(a).mean().item()
-        )
-        if best is None or ll > best[0]:
-            best = (ll, f)
-    est = GaussianKDE(x, best[1] * 2.0 ** (-1.0 / (d + 4)))
-    est.factor_over_scott = best[1] / scott
-    return est
 
 
 def log_normaliser(est, proposal: GaussianMixture, m: int = 4096, seed: int = 0):
@@ -191,11 +137,6 @@ def build_all(x: torch.Tensor, names=None) -> dict:
         except Exception as e:  # noqa: BLE001 - a skipped cell, reported
             out[name] = f"{type(e).__name__}: {e}"[:120]
     return out
-
-
-def auto_choice(est) -> str:
-    sel = getattr(est, "selection", None)
-    return str(getattr(sel, "chosen", "?")) if sel is not None else "-"
 
 
 # ---------------------------------------------------------------- targets
