@@ -9,6 +9,14 @@ in 2-D at n = 500, and its level under p = q.
 Estimators: Scott KDE evaluated at its own samples; Scott KDE cross-fit (built on one half,
 evaluated on the other); Emp-SD-KDE (SD-KDE with the KDE's own score, bandwidth rule "sd");
 the pretrained transformer and SD-KDE with the transformer's score when weights exist for d.
+Then (issue 16) the classical peers of ``benchmarks/peers.py`` (built by ``_peers_common.py``),
+on the same samples: ``sklearn GMM-BIC`` (scikit-learn ``GaussianMixture``, full covariances,
+k = 1..10 by BIC, random_state=0; exact log-density and score of the fit), ``CV-KDE`` (Gaussian
+KDE, factor by 2-fold held-out log-likelihood), our ``gmm`` (torch EM, k by BIC) and ``auto``
+(``build_estimator(x, "auto")``; what it chose is listed under the table). Each peer is fitted
+once per repetition, J and H sharing the fit (the original rows fit twice, so their s/rep is not
+comparable with the peers'). ``--quick`` keeps only CV-KDE of the peers;
+``--no-peers`` leaves them all out.
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/fisher.py [--quick] [--seed 0]
 """
@@ -17,13 +25,19 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
+from collections import Counter
+from pathlib import Path
 
 import torch
 
 from pyro_disco import EmpSDKDE, GaussianKDE, GaussianMixture
 from pyro_disco.fisher import entropy, fisher_information
 from pyro_disco.stein import ksd_test
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _peers_common import SklearnGMM, auto_choice, cv_kde  # noqa: E402
 
 DTYPE = torch.float64
 
@@ -70,8 +84,37 @@ def transformer_factory(d: int):
         return None
 
 
-def estimators(d: int) -> dict:
+PEERS = ("sklearn GMM-BIC", "CV-KDE", "gmm", "auto")
+QUICK_PEERS = ("CV-KDE",)  # --quick (the test's smoke run): the one that adds about a second
+
+
+class FitOnce:
+    """A factory that reuses its last fit when called again on the same samples (J and H of one
+    repetition), and counts what ``auto`` chose."""
+
+    def __init__(self, factory):
+        self.factory, self.last, self.choices = factory, None, Counter()
+
+    def __call__(self, x):
+        key = (x.data_ptr(), tuple(x.shape))
+        if self.last is None or self.last[1] != key:
+            est = self.factory(x)
+            self.last = (x, key, est)  # holding x keeps its memory (the key) from being reused
+            if getattr(est, "selection", None) is not None:
+                self.choices[auto_choice(est)] += 1
+        return self.last[2]
+
+
+def _auto(x):
+    from pyro_disco.factory import build_estimator
+
+    return build_estimator(x, "auto")
+
+
+def estimators(d: int, peers=PEERS) -> dict:
     """name -> (factory, cross_fit)."""
+    from pyro_disco.estimators.mixture import GaussianMixtureEstimator
+
     table = {
         "Scott KDE": (GaussianKDE, False),
         "Scott KDE cross-fit": (GaussianKDE, True),
@@ -81,6 +124,9 @@ def estimators(d: int) -> dict:
     if tf is not None:
         table["transformer"] = (tf, False)
         table["SD-KDE (transformer score)"] = (lambda s: _sdkde_with(tf, s), False)
+    makers = {"sklearn GMM-BIC": SklearnGMM, "CV-KDE": cv_kde, "gmm": GaussianMixtureEstimator, "auto": _auto}
+    for name in peers:  # after the original rows: fresh factories, so nothing carries across cases
+        table[name] = (FitOnce(makers[name]), False)
     return table
 
 
@@ -90,16 +136,20 @@ def _sdkde_with(factory, samples):
     return SDKDE(samples, factory(samples))
 
 
-def error_table(sizes, num_reps, seed):
+def error_table(sizes, num_reps, seed, peers=PEERS):
+    """Rows ``(case, estimator, n, J true, J RMSE, H true, H RMSE, s/rep)`` and what ``auto``
+    chose ``{(case, n): Counter}``."""
     cases = {
         "mixture-1d": (mixture_1d(), quadrature_truth_1d),
         "gaussian-10d": (gaussian_10d(), gaussian_truth),
     }
-    rows = []
+    rows, choices = [], {}
     for case, (target, truth_fn) in cases.items():
         j_true, h_true = truth_fn(target)
-        for name, (factory, cross_fit) in estimators(target.dim).items():
+        for name, (factory, cross_fit) in estimators(target.dim, peers).items():
             for n in sizes:
+                if name == "auto":
+                    factory.choices = choices.setdefault((case, n), Counter())
                 gen = torch.Generator().manual_seed(seed)  # same samples for every estimator
                 j_err, h_err, t0 = [], [], time.perf_counter()
                 for _ in range(num_reps):
@@ -108,7 +158,7 @@ def error_table(sizes, num_reps, seed):
                     h_err.append(float(entropy(x, factory, cross_fit=cross_fit).estimate) - h_true)
                 seconds = (time.perf_counter() - t0) / num_reps
                 rows.append((case, name, n, j_true, _rmse(j_err), h_true, _rmse(h_err), seconds))
-    return rows
+    return rows, choices
 
 
 def _rmse(errors):
@@ -136,7 +186,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="n in {256, 1024}, 2 repetitions, 50 KSD tests")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-peers", action="store_true", help="leave out the issue-16 peer rows")
     args = parser.parse_args(argv)
+    peers = () if args.no_peers else QUICK_PEERS if args.quick else PEERS
     sizes = (256, 1024) if args.quick else (256, 1024, 4096)
     num_reps = 2 if args.quick else 5
     ksd_reps = 50 if args.quick else 200
@@ -147,14 +199,30 @@ def main(argv=None):
         "bandwidths: Scott KDE factor n^(-1/(d+4)) x Cov^(1/2); Emp-SD-KDE rule 'sd' 0.4 n^(-1/(d+8)) "
         "(robust 1-D scale); cross-fit = built on one half, evaluated on the other"
     )
+    if peers:
+        print(
+            "peers (issue 16): "
+            + ", ".join(peers)
+            + " (gmm: ours); fitted once per repetition, J and H sharing the fit"
+            + ("; --quick leaves out sklearn GMM-BIC, gmm and auto" if args.quick else "")
+        )
     print(
         f"{'case':<13} {'estimator':<27} {'n':>5} {'J true':>8} {'J RMSE':>8} {'J rel%':>7} "
         f"{'H true':>8} {'H RMSE':>8} {'s/rep':>6}"
     )
-    for case, name, n, j_true, j_rmse, h_true, h_rmse, sec in error_table(sizes, num_reps, args.seed):
+    rows, choices = error_table(sizes, num_reps, args.seed, peers)
+    for case, name, n, j_true, j_rmse, h_true, h_rmse, sec in rows:
         print(
             f"{case:<13} {name:<27} {n:>5} {j_true:>8.4f} {j_rmse:>8.4f} {100 * j_rmse / j_true:>7.1f} "
             f"{h_true:>8.4f} {h_rmse:>8.4f} {sec:>6.2f}"
+        )
+    if choices:
+        print(
+            "auto chose (repetitions): "
+            + "; ".join(
+                f"{case} n={n}: " + ", ".join(f"{k} x{v}" for k, v in sorted(c.items()))
+                for (case, n), c in choices.items()
+            )
         )
     print(
         f"\nKSD test (IMQ, median bandwidth, 500 wild-bootstrap draws), d = 2, n = 500, alpha = 0.05, "
