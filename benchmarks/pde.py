@@ -15,18 +15,33 @@ fourth-moment error |E|v|^4 - exact| / exact at the final time. Heun, step 0.5 (
 show it. For the anisotropic cases the law starts from the particles' own covariance, and a
 Gaussian-fit score (``gauss-fit``) is a parametric reference.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/pde.py [--sizes 500 2000] [--seed 0]
+Then (issue 16) the classical peers of ``benchmarks/peers.py`` (built by ``_peers_common.py``),
+each refitted at every velocity evaluation like the KDE: ``sklearn GMM-BIC`` (scikit-learn
+``GaussianMixture``, full covariances, k = 1..10 by BIC, random_state=0; exact score of the fit),
+``CV-KDE`` (Gaussian KDE, factor by 2-fold held-out log-likelihood) and our ``gmm`` (torch EM,
+k by BIC). ``auto`` (``build_estimator(x, "auto")``) costs two fits of each candidate plus the
+Hyvärinen selection, about 17 s per fit at n = 2000, d = 10, i.e. about 6 minutes per run at
+every step: it is *not* run at every step. Its choice on the starting particles is printed
+instead (that estimator refitted at every step is the row of the same name). ``--peers`` picks
+which peers run (default all four, ``--peers`` alone none).
+
+Run:  OMP_NUM_THREADS=1 python benchmarks/pde.py [--sizes 500 2000] [--seed 0] [--peers ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from pyro_disco import GaussianKDE
 from pyro_disco.pde import BKW, Landau, MaxwellRelaxation, solve
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _peers_common import SklearnGMM, auto_choice, cv_kde  # noqa: E402
 
 DTYPE = torch.float64
 
@@ -55,6 +70,30 @@ def transformer_factory(d: int):
     return pretrained_estimator, "pretrained"
 
 
+PEERS = ("sklearn GMM-BIC", "CV-KDE", "gmm", "auto")
+
+
+def peer_factories(peers) -> dict:
+    """label -> estimator factory for the peers refitted at every step (all but ``auto``)."""
+    from pyro_disco.estimators.mixture import GaussianMixtureEstimator
+
+    makers = {"sklearn GMM-BIC": SklearnGMM, "CV-KDE": cv_kde, "gmm": GaussianMixtureEstimator}
+    return {name: make for name, make in makers.items() if name in peers}
+
+
+def auto_at_start(x0: torch.Tensor) -> str:
+    """What ``build_estimator(x0, "auto")`` chooses on the starting particles, and its cost."""
+    from pyro_disco.factory import build_estimator
+
+    start = time.perf_counter()
+    try:
+        chosen = auto_choice(build_estimator(x0, "auto"))
+    except Exception as exc:  # noqa: BLE001 - reported in the table
+        return f"failed on the starting particles ({type(exc).__name__}: {exc})"
+    seconds = time.perf_counter() - start
+    return f"chooses {chosen} on the starting particles ({seconds:.1f} s); not run per step"
+
+
 def anisotropic(d: int) -> MaxwellRelaxation:
     rest = (d - 1.8) / (d - 1)
     cov = torch.diag(torch.tensor([1.8] + [rest] * (d - 1), dtype=DTYPE))
@@ -72,10 +111,20 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[500, 2000])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--peers", nargs="*", choices=PEERS, default=list(PEERS), help="issue-16 peers to add (default all)"
+    )
     args = parser.parse_args(argv)
     print("relative errors at the final time T (and at t = 0: the Monte Carlo floor of the draw)")
+    if args.peers:
+        print(
+            "peers (issue 16): "
+            + ", ".join(p for p in PEERS if p in args.peers)
+            + " (gmm: ours), refitted at every step like the KDE, except auto: only its choice on the "
+            "starting particles is listed (about 17 s per fit at n = 2000, d = 10: ~6 min per run)"
+        )
     print(
-        f"{'case':<11} {'n':>5} {'score':<12} {'cov(T)':>9} {'cov(0)':>9} {'m4(T)':>9} {'m4(0)':>9} "
+        f"{'case':<11} {'n':>5} {'score':<15} {'cov(T)':>9} {'cov(0)':>9} {'m4(T)':>9} {'m4(0)':>9} "
         f"{'time s':>7}"
     )
     for name, problem, final_time, step in cases():
@@ -87,6 +136,7 @@ def main(argv=None) -> None:
             scores["gauss-fit"] = GaussianFit  # parametric reference: no exact score exists here
         if transformer is not None:
             scores["transformer"] = transformer
+        scores.update(peer_factories(args.peers))
         for n in args.sizes:
             x0 = problem.sample_initial(n, generator=torch.Generator().manual_seed(args.seed))
             if isinstance(problem, BKW):
@@ -109,9 +159,11 @@ def main(argv=None) -> None:
                 ce, me = dg["covariance_error"], dg.get("fourth_moment_error")
                 cov = f"{float(ce[-1]):9.4f} {float(ce[0]):9.4f}"
                 m4 = f"{float(me[-1]):9.4f} {float(me[0]):9.4f}" if me is not None else f"{'-':>9} {'-':>9}"
-                print(f"{name:<11} {n:>5} {label:<12} {cov} {m4} {elapsed:7.1f}", flush=True)
+                print(f"{name:<11} {n:>5} {label:<15} {cov} {m4} {elapsed:7.1f}", flush=True)
             if transformer is None:
-                print(f"{name:<11} {n:>5} {'transformer':<12} {why}", flush=True)
+                print(f"{name:<11} {n:>5} {'transformer':<15} {why}", flush=True)
+            if "auto" in args.peers:
+                print(f"{name:<11} {n:>5} {'auto':<15} {auto_at_start(x0)}", flush=True)
 
 
 if __name__ == "__main__":

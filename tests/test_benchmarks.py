@@ -25,7 +25,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
         ),
         ("scale.py", ["--n", "512", "--m", "256", "--universal"], "universal / KDE time ratio"),
         ("scale.py", ["--sweep", "--dims", "2", "--sizes", "256", "512"], "Log-log slope"),
-        ("pde.py", ["--sizes", "300"], "BKW d=3"),
+        ("pde.py", ["--sizes", "300", "--peers", "CV-KDE"], "BKW d=3"),
         (
             "universal.py",
             ["--dims", "2", "7", "--sizes", "256", "--reps", "1", "--out", "{tmp}/u.md"],
