@@ -82,6 +82,35 @@ def cv_kde(x: torch.Tensor, seed: int = 0):
     return est
 
 
+PEERS = ("sklearn GMM-BIC", "CV-KDE", "gmm", "auto")  # the rows the downstream benchmarks add
+
+
+def build_auto(x: torch.Tensor):
+    """``build_estimator(x, "auto")``: gmm, Scott KDE or the transformer by held-out Hyvärinen score."""
+    from pyro_disco.factory import build_estimator
+
+    return build_estimator(x, "auto")
+
+
+def peer_factories(names=PEERS) -> dict:
+    """name -> factory ``samples -> estimator`` for the peers in ``names`` (in ``PEERS`` order);
+    ``gmm`` is ours, ``GaussianMixtureEstimator`` (torch EM, k by BIC)."""
+    from pyro_disco.estimators.mixture import GaussianMixtureEstimator
+
+    makers = {
+        "sklearn GMM-BIC": SklearnGMM,
+        "CV-KDE": cv_kde,
+        "gmm": GaussianMixtureEstimator,
+        "auto": build_auto,
+    }
+    return {name: makers[name] for name in PEERS if name in names}
+
+
+def peers_line(names, how: str) -> str:
+    """The output header's line that names the peer rows and says ``how`` they were run."""
+    return f"peers (issue 16): {', '.join(n for n in PEERS if n in names)} (gmm: ours); {how}"
+
+
 def auto_choice(est) -> str:
     """The candidate ``build_estimator(x, "auto")`` chose (``"-"`` for any other estimator)."""
     sel = getattr(est, "selection", None)

@@ -37,7 +37,7 @@ from pyro_disco.fisher import entropy, fisher_information
 from pyro_disco.stein import ksd_test
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _peers_common import SklearnGMM, auto_choice, cv_kde  # noqa: E402
+from _peers_common import PEERS, auto_choice, peer_factories, peers_line  # noqa: E402
 
 DTYPE = torch.float64
 
@@ -84,7 +84,6 @@ def transformer_factory(d: int):
         return None
 
 
-PEERS = ("sklearn GMM-BIC", "CV-KDE", "gmm", "auto")
 QUICK_PEERS = ("CV-KDE",)  # --quick (the test's smoke run): the one that adds about a second
 
 
@@ -105,16 +104,8 @@ class FitOnce:
         return self.last[2]
 
 
-def _auto(x):
-    from pyro_disco.factory import build_estimator
-
-    return build_estimator(x, "auto")
-
-
 def estimators(d: int, peers=PEERS) -> dict:
     """name -> (factory, cross_fit)."""
-    from pyro_disco.estimators.mixture import GaussianMixtureEstimator
-
     table = {
         "Scott KDE": (GaussianKDE, False),
         "Scott KDE cross-fit": (GaussianKDE, True),
@@ -124,9 +115,8 @@ def estimators(d: int, peers=PEERS) -> dict:
     if tf is not None:
         table["transformer"] = (tf, False)
         table["SD-KDE (transformer score)"] = (lambda s: _sdkde_with(tf, s), False)
-    makers = {"sklearn GMM-BIC": SklearnGMM, "CV-KDE": cv_kde, "gmm": GaussianMixtureEstimator, "auto": _auto}
-    for name in peers:  # after the original rows: fresh factories, so nothing carries across cases
-        table[name] = (FitOnce(makers[name]), False)
+    for name, make in peer_factories(peers).items():  # after the original rows; fresh per case
+        table[name] = (FitOnce(make), False)
     return table
 
 
@@ -200,11 +190,11 @@ def main(argv=None):
         "(robust 1-D scale); cross-fit = built on one half, evaluated on the other"
     )
     if peers:
+        how = "fitted once per repetition, J and H sharing the fit"
         print(
-            "peers (issue 16): "
-            + ", ".join(peers)
-            + " (gmm: ours); fitted once per repetition, J and H sharing the fit"
-            + ("; --quick leaves out sklearn GMM-BIC, gmm and auto" if args.quick else "")
+            peers_line(
+                peers, how + ("; --quick leaves out sklearn GMM-BIC, gmm and auto" if args.quick else "")
+            )
         )
     print(
         f"{'case':<13} {'estimator':<27} {'n':>5} {'J true':>8} {'J RMSE':>8} {'J rel%':>7} "

@@ -41,7 +41,7 @@ from pyro_disco import GaussianKDE
 from pyro_disco.pde import BKW, Landau, MaxwellRelaxation, solve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _peers_common import SklearnGMM, auto_choice, cv_kde  # noqa: E402
+from _peers_common import PEERS, auto_choice, build_auto, peer_factories, peers_line  # noqa: E402
 
 DTYPE = torch.float64
 
@@ -70,24 +70,11 @@ def transformer_factory(d: int):
     return pretrained_estimator, "pretrained"
 
 
-PEERS = ("sklearn GMM-BIC", "CV-KDE", "gmm", "auto")
-
-
-def peer_factories(peers) -> dict:
-    """label -> estimator factory for the peers refitted at every step (all but ``auto``)."""
-    from pyro_disco.estimators.mixture import GaussianMixtureEstimator
-
-    makers = {"sklearn GMM-BIC": SklearnGMM, "CV-KDE": cv_kde, "gmm": GaussianMixtureEstimator}
-    return {name: make for name, make in makers.items() if name in peers}
-
-
 def auto_at_start(x0: torch.Tensor) -> str:
     """What ``build_estimator(x0, "auto")`` chooses on the starting particles, and its cost."""
-    from pyro_disco.factory import build_estimator
-
     start = time.perf_counter()
     try:
-        chosen = auto_choice(build_estimator(x0, "auto"))
+        chosen = auto_choice(build_auto(x0))
     except Exception as exc:  # noqa: BLE001 - reported in the table
         return f"failed on the starting particles ({type(exc).__name__}: {exc})"
     seconds = time.perf_counter() - start
@@ -117,12 +104,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     print("relative errors at the final time T (and at t = 0: the Monte Carlo floor of the draw)")
     if args.peers:
-        print(
-            "peers (issue 16): "
-            + ", ".join(p for p in PEERS if p in args.peers)
-            + " (gmm: ours), refitted at every step like the KDE, except auto: only its choice on the "
-            "starting particles is listed (about 17 s per fit at n = 2000, d = 10: ~6 min per run)"
+        how = (
+            "refitted at every step like the KDE, except auto: only its choice on the starting particles "
+            "is listed (about 17 s per fit at n = 2000, d = 10: ~6 min per run)"
         )
+        print(peers_line(args.peers, how))
     print(
         f"{'case':<11} {'n':>5} {'score':<15} {'cov(T)':>9} {'cov(0)':>9} {'m4(T)':>9} {'m4(0)':>9} "
         f"{'time s':>7}"
@@ -136,7 +122,7 @@ def main(argv=None) -> None:
             scores["gauss-fit"] = GaussianFit  # parametric reference: no exact score exists here
         if transformer is not None:
             scores["transformer"] = transformer
-        scores.update(peer_factories(args.peers))
+        scores.update(peer_factories(set(args.peers) - {"auto"}))  # auto: see auto_at_start
         for n in args.sizes:
             x0 = problem.sample_initial(n, generator=torch.Generator().manual_seed(args.seed))
             if isinstance(problem, BKW):

@@ -36,7 +36,7 @@ from pyro_disco.infer.svgd import svgd_run
 from pyro_disco.metrics import relative_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _peers_common import SklearnGMM, auto_choice, cv_kde  # noqa: E402
+from _peers_common import PEERS, auto_choice, peer_factories, peers_line  # noqa: E402
 
 F64 = torch.float64
 
@@ -66,26 +66,14 @@ def learned_scores(samples: torch.Tensor) -> dict:
     return scores
 
 
-PEERS = ("sklearn GMM-BIC", "CV-KDE", "gmm", "auto")
 SMOKE_PEERS = ("CV-KDE", "gmm")  # --smoke: the two that add under a second
 
 
 def peer_scores(samples: torch.Tensor, names=PEERS) -> tuple[dict, dict]:
     """The issue-16 peers ``names`` on ``samples``: ``({label: estimator}, {label: fit seconds})``;
     a peer that fails to build is left out with its error printed."""
-    from pyro_disco.estimators.mixture import GaussianMixtureEstimator
-    from pyro_disco.factory import build_estimator
-
-    makers = {
-        "sklearn GMM-BIC": SklearnGMM,
-        "CV-KDE": cv_kde,
-        "gmm": GaussianMixtureEstimator,
-        "auto": lambda x: build_estimator(x, "auto"),
-    }
     scores, seconds = {}, {}
-    for label, make in makers.items():
-        if label not in names:
-            continue
+    for label, make in peer_factories(names).items():
         t0 = time.perf_counter()
         try:
             with torch.random.fork_rng():  # the original rows' random numbers stay as they were
@@ -134,12 +122,10 @@ def main(argv=None) -> None:
     print(f"target: 2-D two-component Gaussian mixture; learned scores from n = {samples.shape[0]} draws")
     peer_names = () if args.no_peers else SMOKE_PEERS if args.smoke else PEERS
     if peer_names:
-        print(
-            "score sources: exact, KDE (Scott), transformer; peers (issue 16): "
-            + ", ".join(peer_names)
-            + " (gmm: ours; auto: its choice in brackets)"
-            + ("; --smoke leaves out sklearn GMM-BIC and auto (a few seconds each)" if args.smoke else "")
-        )
+        how = "after the exact, KDE (Scott) and transformer rows; auto: its choice in brackets"
+        if args.smoke:
+            how += "; --smoke leaves out sklearn GMM-BIC and auto (a few seconds each)"
+        print(peers_line(peer_names, how))
     print(
         f"{'sampler':<22} {'score':<18} {'points':>6} {'mean err':>9} {'cov err':>9} {'KSD^2 (U)':>10} "
         f"{'seconds':>7}"
