@@ -198,9 +198,15 @@ def export_run(
     )
     n_cols = " | ".join(k.removeprefix("rel_score_").replace("orig_rel_score_", "orig. ") for k in columns)
     sets = "8 held-out mixtures per d" if cfg.arch == "universal" else "16 held-out mixtures"
+    family = "random Gaussian mixtures"
+    if cfg.heavy_tail_fraction > 0:
+        family += (
+            f" and, on a fraction {cfg.heavy_tail_fraction:g} of the steps (of the last phase), "
+            "Student-t and Laplace product mixtures"
+        )
     card = f"""# {name}
 
-{what}, trained on random Gaussian mixtures on CPU.
+{what}, trained on {family} on CPU.
 
 - Architecture: {model.config.to_dict()} ({sum(p.numel() for p in model.parameters()):,} parameters)
 - Command: `{meta["command"]}`
