@@ -49,6 +49,7 @@ from peers import _load_cache, _measure, _save_cache, build_all, make_case  # no
 
 from pyro_disco._validation import checked_once  # noqa: E402
 from pyro_disco.estimators.selection import (  # noqa: E402
+    default_max_points,
     fold_indices,
     hyvarinen_terms,
     pick,
@@ -90,7 +91,7 @@ GUARDS = [
 ]
 REPS = {"mixture": 5}  # sets per cell as in peers_mixture.md (5) and peers_other.md (3, the rest)
 BANDS = [0.0, 0.25, 0.5, 1.0, 2.0]
-POINTS = [512, 1024, 2048, None]  # None: every held-out point (n in all)
+POINTS = [512, 1024, 2048, "all", "default"]  # all: every sample; default: default_max_points(d)
 
 
 def record_folds(x: torch.Tensor, folds: int) -> dict:
@@ -131,12 +132,13 @@ def record_set(fam: str, d: int, n: int, r: int, folds: list[int]) -> dict:
     return rec
 
 
-def apply_rule(rec: dict, folds: int, points: int | None, band: float) -> tuple[str, float]:
-    """The rule's choice on one recorded set and its selection seconds."""
+def apply_rule(rec: dict, d: int, folds: int, points: int | str, band: float) -> tuple[str, float]:
+    """The rule's choice on one recorded set of dimension ``d`` and its selection seconds."""
     values, secs = {}, 0.0
+    m = default_max_points(d) if points == "default" else points
     for name, c in rec["cv"][str(folds)].items():
         held = [len(t) for t in c["terms"]]
-        per_fold = max(held) if points is None else max(1, points // folds)
+        per_fold = max(held) if m == "all" else max(1, m // folds)
         values[name] = torch.cat([torch.tensor(t[:per_fold]) for t in c["terms"]])
         secs += sum(c["build"]) + sum(s * min(per_fold, h) / h for s, h in zip(c["score"], held))
     return pick(values, band)[0], secs
@@ -144,16 +146,17 @@ def apply_rule(rec: dict, folds: int, points: int | None, band: float) -> tuple[
 
 OLD_RULE = (2, 512, 1.0)  # select_estimator's defaults before this benchmark
 _DEFAULTS = inspect.signature(select_estimator).parameters
-NEW_RULE = tuple(_DEFAULTS[a].default for a in ("folds", "max_points", "tie_band"))  # its defaults now
+NEW_RULE = (_DEFAULTS["folds"].default, "default", _DEFAULTS["tie_band"].default)  # its defaults now
 
 
-def rules(folds: list[int]) -> list[tuple[int, int | None, float]]:
+def rules(folds: list[int]) -> list[tuple[int, int | str, float]]:
     return [(k, m, b) for k in folds for m in POINTS for b in BANDS]
 
 
-def rule_name(rule: tuple[int, int | None, float]) -> str:
+def rule_name(rule: tuple[int, int | str, float]) -> str:
     k, m, b = rule
-    return f"K={k} / {m or 'all'} / {b:g} se"
+    m = "512-1024 (5120/d)" if m == "default" else m
+    return f"K={k} / {m} / {b:g} se"
 
 
 def _mean(v):
@@ -173,7 +176,7 @@ def score_rule(cells, records: dict, rule) -> dict:
             if rule is None:
                 e = best
             else:
-                chosen, secs = apply_rule(r, *rule)
+                chosen, secs = apply_rule(r, cell[1], *rule)
                 e = cand[chosen]
                 costs.setdefault(cell[2], []).append(secs)
             per_set.append(e)
@@ -199,7 +202,8 @@ def evaluate(cells, records: dict, folds: list[int]) -> list[str]:
     lines = [
         f"## Rules ({len(cells)} cells, {num_sets} sets)",
         "",
-        "Rule = folds K / held-out points in all (all: every sample) / tie band in paired standard "
+        "Rule = folds K / held-out points in all (all: every sample; 512-1024: "
+        "`selection.default_max_points(d)` = 5120 // d clipped to [512, 1024]) / tie band in paired standard "
         "errors. `within 1.1x`: cells where auto's mean error <= 1.1 x the best classical peer's "
         "(sklearn GMM-BIC, CV-KDE, Scott KDE); `best`: strictly below all three; `excess`: "
         "geometric mean over sets of auto's error / the best candidate's, minus 1; `> 1.5x`: sets "
@@ -258,8 +262,48 @@ def evaluate(cells, records: dict, folds: list[int]) -> list[str]:
             lines.append(
                 f"| {cell[0]} d={cell[1]} n={cell[2]} | {i} | {100 * f['gmm']:.2f} | "
                 f"{100 * f['Scott KDE']:.2f} | {tr} | {100 * f['sklearn GMM-BIC']:.2f} | "
-                f"{100 * f['CV-KDE']:.2f} | {apply_rule(r, *OLD_RULE)[0]} | {apply_rule(r, *shown[1])[0]} |"
+                f"{100 * f['CV-KDE']:.2f} | {apply_rule(r, cell[1], *OLD_RULE)[0]} | "
+                f"{apply_rule(r, cell[1], *shown[1])[0]} |"
             )
+    return lines
+
+
+def compare_peers(before: str, after: str) -> list[str]:
+    """auto in two ``peers.py --cache`` files (the old rule's run and a rerun with the new
+    defaults), per cell of the rerun: mean error, within 1.1x of the best classical peer, picks."""
+    old, new = _load_cache(before), _load_cache(after)
+    cells: dict[tuple, list[str]] = {}
+    for key in new:
+        fam, d, n, _ = key.split("|")
+        if "auto" in new[key] and "auto" in old.get(key, {}):
+            cells.setdefault((fam, int(d), int(n)), []).append(key)
+    lines = [
+        "## Before / after with `benchmarks/peers.py` (the real `auto` path)",
+        "",
+        f"Before: `{before}` (the cache behind peers_other.md / peers_mixture.md, old rule); after: "
+        f"`{after}` (rerun with the new defaults). Relative score MSE at the 512 fresh points (%), "
+        "mean over the sets; peer = best classical peer of the rerun. ✗: above 1.1 x peer.",
+        "",
+        "| cell | sets | peer | auto before | auto after | picks before | picks after "
+        "| auto s before | auto s after |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    within = [0, 0]
+    for (fam, d, n), keys in cells.items():
+        peer = min(_mean([new[k][p]["fresh"] for k in keys]) for p in PEERS)
+        vals = []
+        for i, c in enumerate((old, new)):
+            e = _mean([c[k]["auto"]["fresh"] for k in keys])
+            within[i] += e <= 1.1 * peer
+            vals.append(f"{100 * e:.2f}" + ("" if e <= 1.1 * peer else " ✗"))
+        picks = [", ".join(c[k]["auto"].get("choice", "?") for k in keys) for c in (old, new)]
+        secs = [f"{_mean([c[k]['auto']['sec'] for k in keys]):.1f}" for c in (old, new)]
+        lines.append(
+            f"| {fam} d={d} n={n} | {len(keys)} | {100 * peer:.2f} | "
+            + " | ".join(vals + picks + secs)
+            + " |"
+        )
+    lines += ["", f"Within 1.1x: {within[0]}/{len(cells)} before, {within[1]}/{len(cells)} after.", ""]
     return lines
 
 
@@ -271,6 +315,12 @@ def main(argv=None):
     p.add_argument("--extra", nargs=3, action="append", default=[], metavar=("FAMILY", "D", "N"))
     p.add_argument("--cache", default=None, help="JSON file of per-set records to reuse and extend")
     p.add_argument("--out", default=None)
+    p.add_argument(
+        "--peers",
+        nargs=2,
+        metavar=("BEFORE", "AFTER"),
+        help="two peers.py --cache files: add auto's before/after on the cells of AFTER",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.folds = [2]
@@ -306,6 +356,7 @@ def main(argv=None):
         "See the script's docstring for what is recorded and how a rule is scored.",
         "",
         *evaluate(cells, records, args.folds),
+        *(compare_peers(*args.peers) if args.peers else []),
         "",
         f"Wall time: {time.perf_counter() - t0:.0f} s (torch threads 1; cached sets are free).",
     ]

@@ -9,7 +9,13 @@ import torch
 from pyro_disco import build_estimator
 from pyro_disco.estimators.kde import GaussianKDE
 from pyro_disco.estimators.mixture import GaussianMixtureEstimator
-from pyro_disco.estimators.selection import fold_indices, hyvarinen_terms, pick, select_estimator
+from pyro_disco.estimators.selection import (
+    default_max_points,
+    fold_indices,
+    hyvarinen_terms,
+    pick,
+    select_estimator,
+)
 
 
 def test_hyvarinen_terms_of_the_truth_average_minus_half_fisher():
@@ -76,6 +82,13 @@ def test_pick_drops_non_finite_candidates_and_band_zero_takes_the_best():
     values["complex"] = values["complex"].clone()
     values["complex"][3] = math.nan
     assert pick(values, 0.0)[0] == "simple"
+
+
+def test_held_out_points_follow_the_point_dimension_budget():
+    assert [default_max_points(d) for d in (1, 2, 5, 6, 10, 32)] == [1024, 1024, 1024, 853, 512, 512]
+    x = torch.randn(1200, 10, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    assert select_estimator(x, {"kde": GaussianKDE}).num_points == 512
+    assert select_estimator(x[:, :2], {"kde": GaussianKDE}).num_points == 1024
 
 
 def test_fold_indices_partition_the_samples():

@@ -11,7 +11,8 @@ estimates :math:`J` by K-fold cross-fitting — every candidate is built on the 
 scored on the held-out one, all candidates on the same points — and picks the lowest; a
 candidate within a quarter of a paired standard error of the best counts as tied, and ties go
 to the earliest (simplest) candidate. The divergence is exact, by autograd (``d`` backward
-passes). The defaults (2 folds, 1024 held-out points, band 0.25 se) are the rule that
+passes). The defaults (2 folds, 1024 held-out points up to d = 5 and 512 from d = 10, band
+0.25 se) are the rule that
 ``benchmarks/selection_rules.py`` found to match the classical peers in the most cells at
 about the old cost; the old band of one se gave the simplest candidate too many wins (a KDE
 within one se of a transformer with an eighth of its score error).
@@ -42,7 +43,7 @@ from pyro_disco._validation import checked_once
 from pyro_disco.estimators.base import Estimator
 from pyro_disco.estimators.whitening import quiet_outliers
 
-__all__ = ["hyvarinen_terms", "select_estimator", "Selection", "fold_indices", "pick"]
+__all__ = ["hyvarinen_terms", "select_estimator", "Selection", "default_max_points", "fold_indices", "pick"]
 
 
 def hyvarinen_terms(estimator: Estimator, x: Tensor) -> Tensor:
@@ -89,7 +90,7 @@ def select_estimator(
     candidates: Mapping[str, Callable[[Tensor], Estimator]],
     *,
     folds: int = 2,
-    max_points: int = 1024,
+    max_points: int | None = None,
     tie_band: float = 0.25,
     seed: int = 0,
 ) -> Selection:
@@ -101,7 +102,8 @@ def select_estimator(
             samples for it) drops out.
         folds: K of the K-fold split (each candidate is built K times on ``(K-1)/K`` of the data).
         max_points: held-out points scored in all (spread evenly over the folds): bounds the
-            cost of the divergences (``d`` backward passes each).
+            cost of the divergences (``d`` backward passes each). Default
+            :func:`default_max_points` ``(d)``: 1024 up to d = 5, 512 from d = 10.
         tie_band: a candidate whose mean score is within ``tie_band`` paired standard errors
             of the best counts as tied; the earliest tied candidate wins (see :func:`pick`).
         seed: the split is a fixed function of it (deterministic selection).
@@ -119,7 +121,7 @@ def select_estimator(
     if n // folds < 4 * (d + 1):
         nan = {name: math.nan for name in names}
         return Selection(names[0], nan, dict(nan), 0, time.perf_counter() - start)
-    per_fold = max(1, max_points // folds)
+    per_fold = max(1, (default_max_points(d) if max_points is None else max_points) // folds)
     terms: dict[str, list[Tensor]] = {name: [] for name in names}
     alive = set(names)
     for train, held in fold_indices(n, folds, seed, device=samples.device):
@@ -139,6 +141,14 @@ def select_estimator(
     chosen, means, ses = pick({name: torch.cat(terms[name]) for name in names if name in alive}, tie_band)
     m = sum(t.shape[0] for t in terms[chosen])
     return Selection(chosen, means, ses, m, time.perf_counter() - start)
+
+
+def default_max_points(dim: int) -> int:
+    """Held-out points :func:`select_estimator` scores by default: a budget of 5120
+    point-dimensions (the divergence costs ``dim`` backward passes per point), clipped to
+    [512, 1024]. More points than 512 helped the selection at d <= 5 and not at d = 10
+    (``benchmarks/selection_rules.py``)."""
+    return min(1024, max(512, 5120 // dim))
 
 
 def fold_indices(
