@@ -16,6 +16,7 @@ from pyro_disco.estimators.base import Estimator
 from pyro_disco.estimators.kde import SDKDE, EmpSDKDE, GaussianKDE
 from pyro_disco.estimators.mixture import GaussianMixtureEstimator
 from pyro_disco.estimators.selection import select_estimator
+from pyro_disco.estimators.transformer import MIN_ESS
 from pyro_disco.estimators.whitening import check_samples, quiet_outliers
 from pyro_disco.pretrained import auto_dims, available_dims, pretrained_estimator
 
@@ -36,7 +37,12 @@ def resolve_estimator(
       of a paired standard error) go to the simpler, in that order. The winner is refitted on
       all samples and carries the report as ``.selection``; the returned name is the winner's.
       It costs about two fits of each candidate on half the samples plus ``d`` backward passes
-      over at most 1024 held-out points (512 from d = 10);
+      over at most 1024 held-out points (512 from d = 10). Where the transformer wins but its
+      log-density cannot be normalised (:attr:`DiScoFormerEstimator.normalized
+      <pyro_disco.estimators.transformer.DiScoFormerEstimator.normalized>` is false, which happens
+      at d ≳ 13), the best of the others is taken instead and ``.selection.note`` says so;
+      ``require_normalized=False`` keeps the transformer (its scores are unaffected, its
+      ``log_prob`` is then off by an unknown constant);
     - ``"transformer"``: the pretrained transformer (error naming the shipped dimensions if none);
     - ``"gmm"``: :class:`GaussianMixtureEstimator` (EM, k by BIC);
     - ``"kde"``: :class:`GaussianKDE` (Scott); ``"silverman-kde"``: Silverman's rule;
@@ -84,9 +90,25 @@ def _build_by_name(x: Tensor, estimator: str, **estimator_kwargs: Any) -> tuple[
     if estimator == "auto":
         # the candidates would fail one by one on degenerate folds: give the shared clear error
         check_samples(x.detach(), estimator_kwargs.get("whitening", "standard"))
+        require_normalized = estimator_kwargs.pop("require_normalized", True)
         builders = auto_candidates(x.shape[1], estimator_kwargs.get("whitening"))
         selection = select_estimator(x.detach(), builders)
         est, name = resolve_estimator(x, selection.chosen, **estimator_kwargs)
+        if require_normalized and name == "transformer" and not est.normalized:
+            # a log-density off by an unknown constant is not the density `auto` promises:
+            # rank the others again (their folds are cheap next to the transformer's)
+            z = est.normalization
+            rest = {k: b for k, b in builders.items() if k != "transformer"}
+            again = select_estimator(x.detach(), rest)
+            est, name = resolve_estimator(x, again.chosen, **estimator_kwargs)
+            note = (
+                f"the transformer ranked first but its log-density could not be normalised (importance-"
+                f"sampling ESS {z.ess:.0f} < {MIN_ESS:.0f}), so '{again.chosen}' was chosen, the best of "
+                "the rest; pass require_normalized=False to keep the transformer's scores anyway"
+            )
+            selection = selection._replace(
+                chosen=again.chosen, seconds=selection.seconds + again.seconds, note=note
+            )
         est.selection = selection
         return est, name
     if estimator == "gmm":

@@ -68,13 +68,15 @@ class Selection(NamedTuple):
     """What :func:`select_estimator` found: the ``chosen`` name; per candidate the mean
     Hyvärinen score ``scores[name]`` (lower is better) and the standard error of its paired
     difference to the best, ``std_errors[name]``; the number of held-out points and the
-    wall time of the selection in seconds."""
+    wall time of the selection in seconds; ``note``: why the choice departs from the ranking,
+    if it does (e.g. ``auto`` passing over a candidate whose log-density it cannot normalise)."""
 
     chosen: str
     scores: dict[str, float]
     std_errors: dict[str, float]
     num_points: int
     seconds: float
+    note: str = ""
 
     def __str__(self) -> str:
         rows = [f"{'candidate':>12} | Hyvärinen J | se(diff to best)"]
@@ -82,6 +84,8 @@ class Selection(NamedTuple):
             mark = " <- chosen" if name == self.chosen else ""
             rows.append(f"{name:>12} | {j:11.4f} | {self.std_errors[name]:.4f}{mark}")
         rows.append(f"({self.num_points} held-out points, {self.seconds:.2f} s)")
+        if self.note:
+            rows.append(self.note)
         return "\n".join(rows)
 
 

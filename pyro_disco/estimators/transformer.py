@@ -181,6 +181,19 @@ class DiScoFormerEstimator(SampleEstimator):
                 )
         return self._normalization
 
+    @property
+    def normalized(self) -> bool:
+        """Whether ``logdensity`` is a normalised density: the importance-sampling log-normaliser
+        reached an effective sample size of ``MIN_ESS`` (estimated here, without the
+        :class:`~pyro_disco.NormalizationWarning`, if no log-density was asked for yet);
+        ``False`` with ``normalize=False``."""
+        if not self._normalize:
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NormalizationWarning)
+            z = self.normalization
+        return z.ess >= MIN_ESS
+
     def log_normalizer_value(self) -> float:
         """What ``logdensity`` subtracts: the estimated :math:`\\log Z` where its effective sample
         size is at least ``MIN_ESS``, else 0 (see ``normalization`` for the estimate itself)."""

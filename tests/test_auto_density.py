@@ -1,0 +1,64 @@
+"""`auto` returns a normalised density: a transformer whose log-normaliser cannot be estimated
+is passed over for the best of the others, and the report says so (issue 16)."""
+
+import math
+
+import pytest
+import torch
+
+import pyro_disco.factory as factory
+from pyro_disco.estimators.selection import Selection
+from pyro_disco.estimators.transformer import DiScoFormerEstimator
+from pyro_disco.pretrained import pretrained_estimator
+
+
+@pytest.fixture
+def samples():
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(300, 2, generator=g, dtype=torch.float64) * torch.tensor(
+        [1.0, 0.5], dtype=torch.float64
+    )
+
+
+def test_the_transformer_reports_whether_it_is_normalised(samples):
+    est = pretrained_estimator(samples)
+    assert est.normalized  # d = 2: the importance sampler's ESS is in the thousands
+    assert est.normalization.ess >= 100
+    assert not pretrained_estimator(samples, normalize=False).normalized
+
+
+def _transformer_wins(monkeypatch):
+    """The ranking puts the transformer first; later rankings (without it) are the real ones."""
+    real = factory.select_estimator
+
+    def rigged(x, builders, **kw):
+        if "transformer" in builders:
+            names = list(builders)
+            scores = {n: (-1.0 if n == "transformer" else 0.0) for n in names}
+            return Selection("transformer", scores, {n: 0.1 for n in names}, 100, 0.0)
+        return real(x, builders, **kw)
+
+    monkeypatch.setattr(factory, "select_estimator", rigged)
+
+
+def test_auto_passes_over_a_transformer_it_cannot_normalise(monkeypatch, samples):
+    _transformer_wins(monkeypatch)
+    monkeypatch.setattr(DiScoFormerEstimator, "normalized", property(lambda self: False))
+    est, name = factory.resolve_estimator(samples, "auto")
+    assert name in ("gmm", "kde") and est.selection.chosen == name
+    assert "could not be normalised" in est.selection.note and "could not be normalised" in str(est.selection)
+    assert est.selection.scores["transformer"] == -1.0  # the ranking is still reported
+    # the fallback is a proper density: its log-density integrates to one on a grid
+    t = torch.linspace(-8, 8, 321, dtype=torch.float64)
+    grid = torch.cartesian_prod(t, t)
+    mass = float(est.logdensity(grid).exp().sum() * (t[1] - t[0]) ** 2)
+    assert math.isclose(mass, 1.0, abs_tol=0.02)
+
+
+def test_auto_keeps_a_normalised_transformer_and_the_opt_out_keeps_any(monkeypatch, samples):
+    _transformer_wins(monkeypatch)
+    est, name = factory.resolve_estimator(samples, "auto")
+    assert name == "transformer" and est.selection.note == ""
+    monkeypatch.setattr(DiScoFormerEstimator, "normalized", property(lambda self: False))
+    est, name = factory.resolve_estimator(samples, "auto", require_normalized=False)
+    assert name == "transformer" and est.selection.note == ""
