@@ -20,10 +20,10 @@ each refitted at every velocity evaluation like the KDE: ``sklearn GMM-BIC`` (sc
 ``GaussianMixture``, full covariances, k = 1..10 by BIC, random_state=0; exact score of the fit),
 ``CV-KDE`` (Gaussian KDE, factor by 2-fold held-out log-likelihood) and our ``gmm`` (torch EM,
 k by BIC). ``auto`` (``build_estimator(x, "auto")``) costs two fits of each candidate plus the
-Hyvärinen selection, about 17 s per fit at n = 2000, d = 10, i.e. about 6 minutes per run at
-every step: it is *not* run at every step. Its choice on the starting particles is printed
-instead (that estimator refitted at every step is the row of the same name). ``--peers`` picks
-which peers run (default all four, ``--peers`` alone none).
+Hyvärinen selection, 4-8 s per fit at n = 2000 (about 21 fits per run: 2-3 minutes per run,
+more than all the other rows of a run together): it is *not* run at every step. Its choice on
+the starting particles is printed instead (that estimator refitted at every step is the row of
+the same name). ``--peers`` picks which peers run (default all four, ``--peers`` alone none).
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/pde.py [--sizes 500 2000] [--seed 0] [--peers ...]
 """
@@ -106,7 +106,7 @@ def main(argv=None) -> None:
     if args.peers:
         how = (
             "refitted at every step like the KDE, except auto: only its choice on the starting particles "
-            "is listed (about 17 s per fit at n = 2000, d = 10: ~6 min per run)"
+            "is listed (4-8 s per fit at n = 2000, ~21 fits per run)"
         )
         print(peers_line(args.peers, how))
     print(
