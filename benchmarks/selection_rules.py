@@ -55,7 +55,7 @@ from pyro_disco.estimators.selection import (  # noqa: E402
     pick,
     select_estimator,
 )
-from pyro_disco.estimators.whitening import quiet_outliers  # noqa: E402
+from pyro_disco.estimators.whitening import fit_whitening, quiet_outliers  # noqa: E402
 from pyro_disco.factory import auto_candidates  # noqa: E402
 from pyro_disco.pretrained import auto_dims  # noqa: E402
 
@@ -99,6 +99,7 @@ def record_folds(x: torch.Tensor, folds: int) -> dict:
     n, d = x.shape
     builders = auto_candidates(d)
     out = {name: {"terms": [], "build": [], "score": []} for name in builders}
+    basis = torch.linalg.inv(fit_whitening(x).matrix)  # as select_estimator: whitened coordinates
     for train, held in fold_indices(n, folds, 0):
         with checked_once(x[train]) as fold:
             for name, build in builders.items():
@@ -110,7 +111,7 @@ def record_folds(x: torch.Tensor, folds: int) -> dict:
                     out[name]["failed"] = True
                     continue
                 t1 = time.perf_counter()
-                terms = hyvarinen_terms(est, x[held])
+                terms = hyvarinen_terms(est, x[held], basis)
                 out[name]["terms"].append(terms.tolist())
                 out[name]["build"].append(t1 - t0)
                 out[name]["score"].append(time.perf_counter() - t1)

@@ -100,7 +100,8 @@ def _build_by_name(x: Tensor, estimator: str, **estimator_kwargs: Any) -> tuple[
             z = est.normalization
             rest = {k: b for k, b in builders.items() if k != "transformer"}
             again = select_estimator(x.detach(), rest)
-            est, name = resolve_estimator(x, again.chosen, **estimator_kwargs)
+            with quiet_outliers():  # the first refit warned about these samples already
+                est, name = resolve_estimator(x, again.chosen, **estimator_kwargs)
             note = (
                 f"the transformer ranked first but its log-density could not be normalised (importance-"
                 f"sampling ESS {z.ess:.0f} < {MIN_ESS:.0f}), so '{again.chosen}' was chosen, the best of "

@@ -62,3 +62,21 @@ def test_auto_keeps_a_normalised_transformer_and_the_opt_out_keeps_any(monkeypat
     monkeypatch.setattr(DiScoFormerEstimator, "normalized", property(lambda self: False))
     est, name = factory.resolve_estimator(samples, "auto", require_normalized=False)
     assert name == "transformer" and est.selection.note == ""
+
+
+def test_the_selection_does_not_depend_on_units(samples):
+    """The Hyvärinen terms are taken in the samples' whitened coordinates: mixed units (1e5 and
+    1e-7) and a rotation give the same scores, so the same choice (was: a J dominated by the
+    coordinate in the smallest unit)."""
+    from pyro_disco.estimators.kde import GaussianKDE
+    from pyro_disco.estimators.mixture import GaussianMixtureEstimator
+    from pyro_disco.estimators.selection import select_estimator
+
+    candidates = {"gmm": GaussianMixtureEstimator, "kde": GaussianKDE}
+    ref = select_estimator(samples, candidates)
+    q, _ = torch.linalg.qr(torch.tensor([[1.0, 2.0], [-0.5, 1.0]], dtype=torch.float64))
+    for mapped in (samples * torch.tensor([1e5, 1e-7], dtype=torch.float64), samples @ q + 3.0):
+        got = select_estimator(mapped, candidates)
+        assert got.chosen == ref.chosen
+        for name in candidates:
+            assert math.isclose(got.scores[name], ref.scores[name], rel_tol=1e-6), name

@@ -10,7 +10,9 @@ the truth (half their score MSE), with no normalising constant. :func:`select_es
 estimates :math:`J` by K-fold cross-fitting — every candidate is built on the other folds and
 scored on the held-out one, all candidates on the same points — and picks the lowest; a
 candidate within a quarter of a paired standard error of the best counts as tied, and ties go
-to the earliest (simplest) candidate. The divergence is exact, by autograd (``d`` backward
+to the earliest (simplest) candidate. The terms are those of the scores in the samples'
+whitened coordinates, so the choice does not depend on units or on any affine map of the
+samples. The divergence is exact, by autograd (``d`` backward
 passes). The defaults (2 folds, 1024 held-out points up to d = 5 and 512 from d = 10, band
 0.25 se) are the rule that
 ``benchmarks/selection_rules.py`` found to match the classical peers in the most cells at
@@ -41,14 +43,20 @@ from torch import Tensor
 
 from pyro_disco._validation import checked_once
 from pyro_disco.estimators.base import Estimator
-from pyro_disco.estimators.whitening import quiet_outliers
+from pyro_disco.estimators.whitening import fit_whitening, quiet_outliers
 
 __all__ = ["hyvarinen_terms", "select_estimator", "Selection", "default_max_points", "fold_indices", "pick"]
 
 
-def hyvarinen_terms(estimator: Estimator, x: Tensor) -> Tensor:
+def hyvarinen_terms(estimator: Estimator, x: Tensor, basis: Tensor | None = None) -> Tensor:
     r"""Per-point Hyvärinen terms :math:`\tfrac12\|s(x_i)\|^2 + \nabla\cdot s(x_i)` ``(m,)`` at
-    ``x`` ``(m, d)`` (the divergence by autograd, one backward pass per coordinate)."""
+    ``x`` ``(m, d)`` (the divergence by autograd, one backward pass per coordinate).
+
+    With ``basis`` :math:`B` ``(d, d)`` the terms are those of the score in the coordinates
+    :math:`y` with :math:`x = \mu + y B`: :math:`s_y = s\,B^\top` and
+    :math:`\nabla_y\cdot s_y = \sum_i B_i \cdot \nabla_x (s \cdot B_i)` (rows :math:`B_i`). With
+    :math:`B = A^{-1}` for the samples' whitening :math:`A`, the terms do not change when the
+    samples are mapped by any affine map (units, rotations), up to round-off."""
     with torch.enable_grad():
         y = x.detach().clone().requires_grad_(True)
         s = estimator.score(y)  # m d
@@ -57,11 +65,14 @@ def hyvarinen_terms(estimator: Estimator, x: Tensor) -> Tensor:
                 f"{type(estimator).__name__}.score is not differentiable in x; "
                 "the Hyvärinen score needs its divergence"
             )
+        d = x.shape[1]
+        b = torch.eye(d, dtype=s.dtype, device=s.device) if basis is None else basis.to(s)
+        sw = s @ b.T  # m d: the score in the basis' coordinates
         div = torch.zeros(x.shape[0], dtype=s.dtype, device=s.device)
-        for i in range(x.shape[1]):
-            (g,) = torch.autograd.grad(s[:, i].sum(), y, retain_graph=i + 1 < x.shape[1])
-            div = div + g[:, i].to(s.dtype)
-    return (0.5 * s.detach().square().sum(-1) + div.detach()).to(torch.float64)
+        for i in range(d):
+            (g,) = torch.autograd.grad(sw[:, i].sum(), y, retain_graph=i + 1 < d)
+            div = div + g.to(s.dtype) @ b[i]
+    return (0.5 * sw.detach().square().sum(-1) + div.detach()).to(torch.float64)
 
 
 class Selection(NamedTuple):
@@ -126,6 +137,9 @@ def select_estimator(
         nan = {name: math.nan for name in names}
         return Selection(names[0], nan, dict(nan), 0, time.perf_counter() - start)
     per_fold = max(1, (default_max_points(d) if max_points is None else max_points) // folds)
+    # scored in the samples' whitened coordinates: a change of units or any affine map of the
+    # samples leaves every term, and so the choice, unchanged
+    basis = torch.linalg.inv(fit_whitening(samples.detach()).matrix)
     terms: dict[str, list[Tensor]] = {name: [] for name in names}
     alive = set(names)
     for train, held in fold_indices(n, folds, seed, device=samples.device):
@@ -139,7 +153,7 @@ def select_estimator(
                 except ValueError:
                     alive.discard(name)
                     continue
-                terms[name].append(hyvarinen_terms(est, samples[held[:per_fold]]))
+                terms[name].append(hyvarinen_terms(est, samples[held[:per_fold]], basis))
     if not alive:
         raise ValueError("every candidate failed on the cross-validation folds")
     chosen, means, ses = pick({name: torch.cat(terms[name]) for name in names if name in alive}, tie_band)
