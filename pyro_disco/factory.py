@@ -96,20 +96,16 @@ def _build_by_name(x: Tensor, estimator: str, **estimator_kwargs: Any) -> tuple[
         est, name = resolve_estimator(x, selection.chosen, **estimator_kwargs)
         if require_normalized and name == "transformer" and not est.normalized:
             # a log-density off by an unknown constant is not the density `auto` promises:
-            # rank the others again (their folds are cheap next to the transformer's)
-            z = est.normalization
-            rest = {k: b for k, b in builders.items() if k != "transformer"}
-            again = select_estimator(x.detach(), rest)
+            # the best of the others, re-picked from the same held-out terms
+            ess = est.normalization.ess
+            selection = selection.without(
+                "transformer",
+                note=f"the transformer ranked first but its log-density could not be normalised "
+                f"(importance-sampling ESS {ess:.0f} < {MIN_ESS:.0f}), so the best of the others was "
+                "chosen; pass require_normalized=False to keep the transformer's scores anyway",
+            )
             with quiet_outliers():  # the first refit warned about these samples already
-                est, name = resolve_estimator(x, again.chosen, **estimator_kwargs)
-            note = (
-                f"the transformer ranked first but its log-density could not be normalised (importance-"
-                f"sampling ESS {z.ess:.0f} < {MIN_ESS:.0f}), so '{again.chosen}' was chosen, the best of "
-                "the rest; pass require_normalized=False to keep the transformer's scores anyway"
-            )
-            selection = selection._replace(
-                chosen=again.chosen, seconds=selection.seconds + again.seconds, note=note
-            )
+                est, name = resolve_estimator(x, selection.chosen, **estimator_kwargs)
         est.selection = selection
         return est, name
     if estimator == "gmm":

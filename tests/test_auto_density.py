@@ -80,3 +80,17 @@ def test_the_selection_does_not_depend_on_units(samples):
         assert got.chosen == ref.chosen
         for name in candidates:
             assert math.isclose(got.scores[name], ref.scores[name], rel_tol=1e-6), name
+
+
+def test_setting_a_candidate_aside_repicks_from_the_same_terms(samples):
+    """No refit: the others' scores are the same numbers, and the rule picks among them."""
+    from pyro_disco.estimators.kde import GaussianKDE
+    from pyro_disco.estimators.mixture import GaussianMixtureEstimator
+    from pyro_disco.estimators.selection import select_estimator
+
+    sel = select_estimator(samples, {"gmm": GaussianMixtureEstimator, "kde": GaussianKDE})
+    other = "kde" if sel.chosen == "gmm" else "gmm"
+    aside = sel.without(sel.chosen, note="because")
+    assert aside.chosen == other and aside.note == "because"
+    assert aside.scores[other] == sel.scores[other] and aside.std_errors[other] == 0.0
+    assert aside.scores[sel.chosen] == sel.scores[sel.chosen]  # still reported

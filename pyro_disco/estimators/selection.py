@@ -88,6 +88,22 @@ class Selection(NamedTuple):
     num_points: int
     seconds: float
     note: str = ""
+    terms: dict[str, Tensor] | None = None  # per candidate, its held-out terms (m,)
+    tie_band: float = 0.25
+
+    def without(self, name: str, note: str) -> Selection:
+        """The choice with candidate ``name`` set aside, re-picked by the same rule from the same
+        held-out terms (nothing is refitted); ``note`` says why. ``name``'s own score stays in
+        the report."""
+        rest = {k: v for k, v in (self.terms or {}).items() if k != name}
+        if rest:
+            chosen, means, ses = pick(rest, self.tie_band)
+        else:  # not scored (tiny samples): the simplest of the others
+            chosen = next(k for k in self.scores if k != name)
+            means, ses = {k: v for k, v in self.scores.items() if k != name}, dict(self.std_errors)
+        scores = {k: means.get(k, self.scores[k]) for k in self.scores}
+        std_errors = {k: ses.get(k, math.nan) for k in self.scores}
+        return self._replace(chosen=chosen, scores=scores, std_errors=std_errors, note=note)
 
     def __str__(self) -> str:
         rows = [f"{'candidate':>12} | Hyvärinen J | se(diff to best)"]
@@ -156,9 +172,10 @@ def select_estimator(
                 terms[name].append(hyvarinen_terms(est, samples[held[:per_fold]], basis))
     if not alive:
         raise ValueError("every candidate failed on the cross-validation folds")
-    chosen, means, ses = pick({name: torch.cat(terms[name]) for name in names if name in alive}, tie_band)
-    m = sum(t.shape[0] for t in terms[chosen])
-    return Selection(chosen, means, ses, m, time.perf_counter() - start)
+    values = {name: torch.cat(terms[name]) for name in names if name in alive}
+    chosen, means, ses = pick(values, tie_band)
+    m = values[chosen].shape[0]
+    return Selection(chosen, means, ses, m, time.perf_counter() - start, terms=values, tie_band=tie_band)
 
 
 def default_max_points(dim: int) -> int:
